@@ -1,0 +1,1 @@
+"""skyguard: supervise SkyPilot training jobs."""

@@ -1,0 +1,88 @@
+"""The heartbeat client training code calls: ``from devops.skypilot import heartbeat``.
+
+Cheap by design: standard library only, at most one write per ``min_interval``
+(default: a tenth of the runner's timeout, at most 1 s), each write an atomic
+replace of a tiny file. Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``)
+every call is a no-op, so the same script runs anywhere.
+
+There is deliberately no background thread: a thread would keep beating while
+the training loop is stuck in a collective, which is exactly the hang to catch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
+ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
+
+
+def _default_interval() -> float:
+    try:
+        timeout = float(os.environ.get(ENV_TIMEOUT, "0"))
+    except ValueError:
+        timeout = 0.0
+    return min(1.0, timeout / 10) if timeout > 0 else 1.0
+
+
+class Heartbeat:
+    """Beats into one file, rate-limited. Usable as a context manager."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, min_interval: float | None = None
+    ):
+        raw = path if path is not None else os.environ.get(ENV_FILE)
+        self.path = Path(raw) if raw else None
+        self.min_interval = _default_interval() if min_interval is None else min_interval
+        self.count = 0
+        self._last = float("-inf")
+
+    def beat(self, force: bool = False) -> bool:
+        """Say "alive"; True if this call wrote the file."""
+        if self.path is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return False
+        self._last = now
+        self.count += 1
+        fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
+        try:
+            os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+        return True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        """Beat, ignoring arguments: pass the object itself as a framework callback."""
+        self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat(force=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.beat(force=True)
+
+
+_default: Heartbeat | None = None
+
+
+def beat(force: bool = False) -> bool:
+    """Module-level beat into ``$SKYGUARD_HEARTBEAT_FILE``; True if it wrote."""
+    global _default
+    if _default is None:
+        _default = Heartbeat()
+    return _default.beat(force)
