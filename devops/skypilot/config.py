@@ -28,7 +28,7 @@ class ConfigError(Exception):
     """Bad configuration: the message is one line naming the problem."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -43,6 +43,8 @@ def parse_duration(text: str | float | int) -> float:
     match = _DURATION.match(text)
     if match is None:
         raise ConfigError(f"not a duration: {text!r} (use e.g. 90, 90s, 15m, 2h)")
+    if match.group(1).startswith("-"):
+        raise ConfigError(f"duration must not be negative: {text.strip()}")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 

@@ -113,8 +113,6 @@ class SupervisedProcess:
         self._tees: list[_Tee] = []
         self._log: BinaryIO | None = None
         self.returncode: int | None = None
-        #: Signal the runner sent the command, if the runner stopped it.
-        self.sent_signal: int | None = None
 
     @property
     def pid(self) -> int:
@@ -182,11 +180,15 @@ class SupervisedProcess:
             with contextlib.suppress(psutil.Error):
                 process.send_signal(signum)
 
+    def _tree_empty(self) -> bool:
+        """The command is reaped and nothing below the runner is alive."""
+        command_done = self._popen is None or self.reap() is not None
+        return command_done and not self.descendants()
+
     def _wait_empty(self, deadline: float) -> bool:
-        """Wait until no descendant is alive or the deadline passes."""
+        """Wait until the tree is empty or the deadline passes."""
         while True:
-            self.reap()
-            if not self.descendants():
+            if self._tree_empty():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -197,12 +199,17 @@ class SupervisedProcess:
 
     def stop(self, grace: float) -> None:
         """SIGTERM the tree, wait ``grace``, SIGKILL what is left, reap it all."""
-        self.reap()
-        if self.descendants():
-            if self.returncode is None:
-                self.sent_signal = signal.SIGTERM
+        if not self._tree_empty():
+            began = time.monotonic()
+            logger.info(
+                "skyguard: stopping %d process(es) with SIGTERM (grace %gs)",
+                len(self.descendants()),
+                grace,
+            )
             self._signal_tree(signal.SIGTERM)
-            if not self._wait_empty(time.monotonic() + grace):
+            if self._wait_empty(began + grace):
+                logger.info("skyguard: process tree empty after %.2fs", time.monotonic() - began)
+            else:
                 logger.warning(
                     "skyguard: %d process(es) still alive %gs after SIGTERM; sending SIGKILL",
                     len(self.descendants()),
@@ -214,9 +221,6 @@ class SupervisedProcess:
         """SIGKILL every descendant until none is left (fork bombs included)."""
         deadline = time.monotonic() + _KILL_ROUNDS_TIMEOUT
         while True:
-            self.reap()
-            if self.returncode is None and self._popen is not None:
-                self.sent_signal = signal.SIGKILL
             self._signal_tree(signal.SIGKILL)
             if self._wait_empty(min(deadline, time.monotonic() + 0.2)):
                 return

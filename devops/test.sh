@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up skyguard with every extra in .venv, then lint, type-check and run the tests.
+#   bash devops/test.sh          everything, the e2e tier on a local Slurm cluster included
+#   SKYGUARD_E2E=0 bash devops/test.sh   skip the e2e tier (it needs root and apt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,launch,wandb,torch,gpu]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest -m "not e2e"

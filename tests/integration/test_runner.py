@@ -1,0 +1,271 @@
+"""The runner against real processes, signals and process trees.
+
+Speed is measured in benchmarks/, not asserted here: bounds below only keep a
+broken runner from hanging the suite.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import PYTHON, REPO, TRAIN, SkyguardRunner
+
+CHILDREN = str(REPO / "tests" / "integration" / "children.py")
+
+
+def child(*args: str) -> list[str]:
+    return [PYTHON, CHILDREN, *args]
+
+
+def train(*args: str) -> list[str]:
+    return [PYTHON, TRAIN, "--step-time", "0.05", *args]
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_success_is_recorded_and_output_is_teed(skyguard: SkyguardRunner) -> None:
+    result = skyguard.run(train("--steps", "3"))
+    assert result.returncode == 0, result.stderr
+    assert "train: done" in result.stdout  # our stdout
+    record = result.record
+    assert (record["reason"], record["exit_code"], record["child_exit_code"]) == ("completed", 0, 0)
+    assert record["attempt"] == 1 and len(record["history"]) == 1
+    log = (result.state_dir / "logs" / "attempt-1.log").read_text()
+    assert "train: step 3" in log and "train: done" in log
+    assert '"reason": "completed"' in result.stderr  # the one-line record for `sky logs`
+
+
+@pytest.mark.parametrize(("code", "expected"), [(3, 3), (1, 1), (75, 1)])
+def test_failure_passes_the_code_through(
+    skyguard: SkyguardRunner, code: int, expected: int
+) -> None:
+    result = skyguard.run(child("exit", str(code)))
+    assert result.returncode == expected
+    assert result.record["reason"] == "job_failed"
+    assert result.record["child_exit_code"] == code
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGKILL", 137), ("SIGSEGV", 139)])
+def test_signal_death_is_decoded(skyguard: SkyguardRunner, name: str, code: int) -> None:
+    result = skyguard.run(child("signal", name))
+    assert result.returncode == code
+    record = result.record
+    assert (record["reason"], record["signal"], record["child_exit_code"]) == (
+        "job_failed",
+        name,
+        code,
+    )
+    assert name in record["detail"]
+
+
+def test_hang_is_detected_and_retried(skyguard: SkyguardRunner) -> None:
+    result = skyguard.run(train("--hang-after", "2"), "--heartbeat-timeout", "1", "--grace", "5")
+    assert result.returncode == 75, result.stderr
+    record = result.record
+    assert (record["reason"], record["monitor"]) == ("heartbeat_timeout", "HeartbeatMonitor")
+    assert record["signal"] == "SIGTERM" and record["child_exit_code"] == 143, result.stderr
+
+
+def test_sigterm_ignoring_child_is_killed_after_grace(skyguard: SkyguardRunner) -> None:
+    result = skyguard.run(
+        train("--hang-after", "1", "--ignore-sigterm"),
+        "--heartbeat-timeout",
+        "1",
+        "--grace",
+        "1",
+    )
+    assert result.returncode == 75
+    assert result.record["signal"] == "SIGKILL" and result.record["child_exit_code"] == 137
+    assert "still alive 1s after SIGTERM; sending SIGKILL" in result.stderr
+
+
+def test_double_forked_daemon_is_gone_after_exit(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    result = skyguard.run(child("double-fork", str(pid_file)), "--grace", "1")
+    assert result.returncode == 0
+    daemon = int(pid_file.read_text())
+    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_runner_signal_stops_the_tree(
+    skyguard: SkyguardRunner, tmp_path: Path, signum: int
+) -> None:
+    state = tmp_path / "state"
+    process = skyguard.start(
+        ["--state-dir", str(state), "--grace", "5", "--", *train("--steps", "100000")]
+    )
+    try:
+        wait_for(lambda: (state / "heartbeat").exists())
+        process.send_signal(signum)
+        _stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 75, stderr
+    record = (state / "termination.json").read_text()
+    assert '"reason": "signalled"' in record and signal.Signals(signum).name in record
+
+
+def test_max_runtime_is_summed_across_attempts(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    env = {"SKYPILOT_TASK_ID": "sky-managed-test_budget_1-0"}
+    state = tmp_path / "state"
+    options = ("--max-runtime", "3", "--heartbeat-timeout", "1")
+    first = skyguard.run(train("--hang-after", "5"), *options, state_dir=state, env=env)
+    assert first.returncode == 75
+    used = first.record["duration"]
+    second = skyguard.run(train("--steps", "100000"), *options, state_dir=state, env=env)
+    assert second.returncode == 124, second.stderr
+    record = second.record
+    assert record["reason"] == "max_runtime_reached" and record["attempt"] == 2
+    assert record["duration"] < 3 and used + record["duration"] >= 3
+    third = skyguard.run(train("--steps", "1"), *options, state_dir=state, env=env)
+    assert third.returncode == 124 and "not starting" in third.record["detail"]
+    assert "train:" not in third.stdout
+    assert [item["attempt"] for item in third.record["history"]] == [1, 2, 3]
+
+
+def test_retry_budget_ends_in_crash_loop(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    options = ("--heartbeat-timeout", "0.5", "--max-retries", "2", "--crash-loop-window", "0")
+    codes = [
+        skyguard.run(train("--hang-after", "1"), *options, state_dir=state).returncode
+        for _ in range(3)
+    ]
+    assert codes == [75, 75, 125]
+    record = (state / "termination.json").read_text()
+    assert '"reason": "crash_loop"' in record and "retry budget spent" in record
+
+
+def test_short_failures_in_a_row_are_a_crash_loop(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    options = ("--crash-loop-count", "2", "--crash-loop-window", "10m")
+    first = skyguard.run(train("--oom-after", "1"), *options, state_dir=state)
+    assert first.returncode == 75 and first.record["reason"] == "cuda_error"
+    assert "CUDA out of memory" in first.record["detail"]
+    assert first.record["child_exit_code"] == 1
+    second = skyguard.run(train("--oom-after", "1"), *options, state_dir=state)
+    assert second.returncode == 125
+    assert second.record["reason"] == "crash_loop" and "crash loop" in second.record["detail"]
+
+
+def test_fatal_line_stops_a_running_job(skyguard: SkyguardRunner) -> None:
+    line = "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970"
+    result = skyguard.run(child("print-then-sleep", line), "--grace", "2")
+    assert result.returncode == 75
+    record = result.record
+    assert (record["reason"], record["monitor"]) == ("nccl_error", "LogPatternMonitor")
+    assert "ProcessGroupNCCL.cpp:1970" in record["detail"]
+
+
+def test_corrupt_record_at_start_is_replaced(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "termination.json").write_text('{"history": [{"reason": ')
+    result = skyguard.run(child("exit", "0"), state_dir=state)
+    assert result.returncode == 0
+    assert "corrupt" in result.stderr
+    assert result.record["attempt"] == 1
+    assert (state / "termination.json.corrupt").exists()
+
+
+def _unwritable(tmp_path: Path) -> str:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    return str(blocker / "state")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus", "--", "true"], "unrecognized arguments: --bogus"),
+        (["--grace", "-5", "--", "true"], "--grace: duration must not be negative"),
+        (["--heartbeat-timeout", "5 minutes", "--", "true"], "not a duration"),
+        (["--"], "no command given"),
+        (["--", "no-such-command-xyz"], "command not found on PATH: no-such-command-xyz"),
+        (["--state-dir", "UNWRITABLE", "--", "true"], "is not writable"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    skyguard: SkyguardRunner, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    argv = [_unwritable(tmp_path) if arg == "UNWRITABLE" else arg for arg in argv]
+    if "--state-dir" not in argv:
+        argv = ["--state-dir", str(tmp_path / "state"), *argv]
+    process = skyguard.start(argv)
+    _stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "state" / "termination.json").exists()
+
+
+SCRIPT = """
+import sys
+from devops.skypilot.config import build_config, add_run_arguments
+from devops.skypilot.lifecycle import RunObserver
+from devops.skypilot.monitors.base import Monitor
+from devops.skypilot.run import Runner, RunnerExtensions
+import argparse
+
+class BrokenMonitor(Monitor):
+    interval = 0.05
+    def check(self, now):
+        raise RuntimeError("monitor bug")
+
+class BrokenObserver(RunObserver):
+    def on_start(self, ctx):
+        raise RuntimeError("observer bug at start")
+    def on_end(self, ctx, termination):
+        raise RuntimeError("observer bug at end")
+
+parser = argparse.ArgumentParser()
+add_run_arguments(parser)
+config = build_config(parser.parse_args(sys.argv[1:]), {})
+ext = RunnerExtensions(observers=[BrokenObserver()], monitors=[BrokenMonitor()])
+sys.exit(Runner(config, ext).run().exit_code)
+"""
+
+
+def test_broken_monitor_and_observer_do_not_hurt_the_job(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    process = subprocess.run(
+        [PYTHON, "-c", SCRIPT, "--state-dir", str(state), "--", *train("--steps", "4")],
+        env=skyguard.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "monitor BrokenMonitor raised; disabling it" in process.stderr
+    assert "BrokenObserver.on_start failed" in process.stderr
+    assert "BrokenObserver.on_end failed" in process.stderr
+    assert '"reason": "completed"' in (state / "termination.json").read_text()
+
+
+def test_dry_run_starts_nothing(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    process = skyguard.start(
+        ["--state-dir", str(tmp_path / "s"), "--dry-run", "--", sys.executable, "-V"]
+    )
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert '"heartbeat_timeout": 0.0' in stdout
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,126 @@
+"""Configuration: durations, precedence flags > env > file > defaults, bad input."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from devops.skypilot.config import (
+    OPTIONS,
+    ConfigError,
+    add_run_arguments,
+    build_config,
+    parse_duration,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1.5h", 5400),
+        ("1d", 86400),
+        (" 3s ", 3),
+        (0, 0),
+        (2.5, 2.5),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-5", "5x", "", "s", "1h30m", "abc", -1, True])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return build_config(parser.parse_args(argv), env or {})
+
+
+def test_defaults_and_task_id(tmp_path: Path) -> None:
+    config = parse(["--", "true"], {"SKYPILOT_TASK_ID": "sky-managed-1_x_3-0"})
+    assert config.command == ("true",)
+    assert config.grace == 30 and config.max_retries == 3 and config.heartbeat_timeout == 0
+    assert config.state_dir.name == "sky-managed-1_x_3-0"
+    assert config.heartbeat_file == config.state_dir / "heartbeat"
+    assert config.task_id == "sky-managed-1_x_3-0"
+    fresh = parse(["--", "true"])
+    assert fresh.task_id.startswith("local-") and fresh.task_id != parse(["--", "true"]).task_id
+
+
+def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "skyguard.toml"
+    config_file.write_text('[run]\ngrace = "7s"\nmax_retries = 9\nheartbeat_timeout = "1m"\n')
+    env = {"SKYGUARD_CONFIG": str(config_file), "SKYGUARD_GRACE": "5", "SKYGUARD_MAX_RETRIES": "4"}
+    config = parse(["--grace", "3", "--", "true"], env)
+    assert config.grace == 3  # flag
+    assert config.max_retries == 4  # env
+    assert config.heartbeat_timeout == 60  # file
+
+
+def test_skypilot_env_gives_rank_and_job_name() -> None:
+    env = {
+        "SKYPILOT_NODE_RANK": "1",
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_CLUSTER_INFO": '{"cluster_name": "train-7", "cloud": "Slurm"}',
+        "SKYPILOT_MANAGED_JOB_ID": "7",
+    }
+    config = parse(["--", "true"], env)
+    assert (config.node_rank, config.num_nodes, config.job_name) == (1, 2, "train-7")
+    assert config.managed
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--"], {}, "no command given"),
+        ([], {}, "no command given"),
+        (["--grace", "-1", "--", "true"], {}, "--grace: duration must not be negative"),
+        (
+            ["--", "true"],
+            {"SKYGUARD_HEARTBEAT_TIMEOUT": "soon"},
+            "SKYGUARD_HEARTBEAT_TIMEOUT: not a duration",
+        ),
+        (["--max-retries", "x", "--", "true"], {}, "--max-retries: not a whole number"),
+        (["--", "definitely-not-a-command-xyz"], {}, "command not found on PATH"),
+        (["--", "/nonexistent/train"], {}, "command not found: /nonexistent/train"),
+        (["--startup-grace", "5", "--", "true"], {}, "--startup-grace needs --heartbeat-timeout"),
+        (
+            ["--", "true"],
+            {"SKYPILOT_NODE_RANK": "2", "SKYPILOT_NUM_NODES": "2"},
+            "SKYPILOT_NODE_RANK=2",
+        ),
+        (["--", "true"], {"SKYPILOT_NODE_RANK": "a"}, "SKYPILOT_NODE_RANK: not a whole number"),
+        (["--config", "/nonexistent.toml", "--", "true"], {}, "cannot read config file"),
+    ],
+)
+def test_bad_input_is_one_clear_error(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse(argv, env)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse(["--config", str(bad), "--", "true"])
+    bad.write_text("[run]\nheartbeat = 5\n")
+    with pytest.raises(ConfigError, match="unknown \\[run\\] key 'heartbeat'"):
+        parse(["--config", str(bad), "--", "true"])
+
+
+def test_every_option_has_flag_env_and_help() -> None:
+    for option in OPTIONS:
+        assert option.flag.startswith("--") and option.env_var.startswith("SKYGUARD_")
+        assert option.help

@@ -1,0 +1,161 @@
+"""Monitors in isolation: real files, time passed in explicitly (monitors never read a clock)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from devops.skypilot.config import ConfigError
+from devops.skypilot.heartbeat import Heartbeat
+from devops.skypilot.monitors import MONITOR_FACTORIES, build_monitors
+from devops.skypilot.monitors.heartbeat import HeartbeatMonitor
+from devops.skypilot.monitors.log_patterns import (
+    DEFAULT_PATTERNS,
+    LogPatternMonitor,
+    patterns_from_config,
+)
+from devops.skypilot.monitors.runtime import MaxRuntimeMonitor
+from devops.skypilot.termination import TerminationReason
+
+R = TerminationReason
+
+
+def test_heartbeat_startup_grace_then_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "hb"
+    monitor = HeartbeatMonitor(path, timeout=10, startup_grace=30)
+    monitor.start(100.0)
+    assert monitor.next_check(100.0) == pytest.approx(100.5)  # 5 % of the timeout
+    assert monitor.check(125.0) is None  # inside the startup grace, no beat yet
+    verdict = monitor.check(130.0)
+    assert verdict is not None and verdict.reason is R.HEARTBEAT_TIMEOUT
+    assert "no first heartbeat within 30s" in verdict.detail
+
+
+def test_heartbeat_beats_move_the_deadline(tmp_path: Path) -> None:
+    path = tmp_path / "hb"
+    beat = Heartbeat(path, min_interval=0)
+    monitor = HeartbeatMonitor(path, timeout=10)
+    monitor.start(0.0)
+    beat.beat()
+    assert monitor.check(5.0) is None  # first beat seen at t=5
+    assert monitor.next_check(14.9) == pytest.approx(15.0)  # the deadline, not a poll later
+    beat.beat()
+    assert monitor.check(14.0) is None  # second beat seen at t=14
+    assert monitor.check(23.9) is None
+    verdict = monitor.check(24.0)
+    assert verdict is not None and verdict.reason is R.HEARTBEAT_TIMEOUT
+    assert "no heartbeat for 10.0s" in verdict.detail
+
+
+def test_touch_is_a_beat(tmp_path: Path) -> None:
+    path = tmp_path / "hb"
+    path.write_text("")
+    monitor = HeartbeatMonitor(path, timeout=10)
+    monitor.start(0.0)  # a file left from an earlier attempt is not a beat
+    assert monitor.check(10.0) is not None
+    monitor.start(0.0)
+    os.utime(path, ns=(1, 1))
+    assert monitor.check(9.0) is None and monitor.check(18.0) is None
+
+
+def test_heartbeat_file_lost_after_beating(tmp_path: Path) -> None:
+    path = tmp_path / "hb"
+    monitor = HeartbeatMonitor(path, timeout=10)
+    monitor.start(0.0)
+    Heartbeat(path).beat()
+    assert monitor.check(1.0) is None
+    path.unlink()
+    assert monitor.check(5.0) is None  # not fatal before the deadline
+    verdict = monitor.check(11.0)
+    assert verdict is not None and verdict.reason is R.HEARTBEAT_UNREADABLE
+    assert "errno 2" in verdict.detail
+
+
+def test_max_runtime_counts_earlier_attempts() -> None:
+    monitor = MaxRuntimeMonitor(max_runtime=100, used_before=70)
+    monitor.start(1000.0)
+    assert monitor.next_check(1000.0) == 1030.0
+    assert monitor.check(1029.9) is None
+    verdict = monitor.check(1030.0)
+    assert verdict is not None and verdict.reason is R.MAX_RUNTIME_REACHED
+    assert "70s in earlier attempts + 30s in this one" in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB", R.CUDA_ERROR),
+        ("RuntimeError: CUDA error: an illegal memory access was encountered", R.CUDA_ERROR),
+        ("NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.", R.CUDA_ERROR),
+        (
+            "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970",
+            R.NCCL_ERROR,
+        ),
+        ("ncclInternalError: Internal check failed.", R.NCCL_ERROR),
+        ("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5)", R.NCCL_ERROR),
+        ("step 10 loss 0.25", None),
+        ("Xidian University dataset", None),
+    ],
+)
+def test_default_log_patterns(line: str, reason: TerminationReason | None) -> None:
+    monitor = LogPatternMonitor()
+    monitor.observe_line(line)
+    verdict = monitor.check(0.0)
+    assert (verdict.reason if verdict else None) is reason
+    if verdict:
+        assert line.strip() in verdict.detail
+
+
+def test_first_match_wins_and_detail_is_bounded() -> None:
+    monitor = LogPatternMonitor()
+    monitor.observe_line("NCCL error " + "x" * 10_000)
+    monitor.observe_line("CUDA out of memory")
+    verdict = monitor.explain()
+    assert verdict is not None and verdict.reason is R.NCCL_ERROR
+    assert len(verdict.detail) < 600
+
+
+def test_configured_patterns_come_first() -> None:
+    section = {
+        "defaults": True,
+        "match": [{"pattern": "DataLoader worker .* killed", "reason": "job_failed"}],
+    }
+    patterns = patterns_from_config(section)
+    assert len(patterns) == len(DEFAULT_PATTERNS) + 1
+    assert patterns[0].reason is R.JOB_FAILED
+    assert patterns_from_config({"defaults": False, "match": []}) == ()
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"match": [{"pattern": "("}]}, "reason must be one of"),
+        ({"match": [{"pattern": "(", "reason": "cuda_error"}]}, "bad regular expression"),
+        ({"match": [{"reason": "cuda_error"}]}, "needs a string `pattern`"),
+        ({"match": {"pattern": "x"}}, "must be an array"),
+        ({"defaults": "yes"}, "true or false"),
+    ],
+)
+def test_bad_pattern_config(section: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        patterns_from_config(section)
+
+
+def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
+    import argparse
+
+    from devops.skypilot.config import add_run_arguments, build_config
+    from devops.skypilot.monitors.setup import MonitorSetup
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    quiet = build_config(parser.parse_args(["--", "true"]), {})
+    assert [m.name for m in build_monitors(MonitorSetup(quiet, 0))] == ["LogPatternMonitor"]
+    full = build_config(
+        parser.parse_args(["--heartbeat-timeout", "5", "--max-runtime", "1h", "--", "true"]), {}
+    )
+    names = [m.name for m in build_monitors(MonitorSetup(full, 0))]
+    assert names == ["HeartbeatMonitor", "MaxRuntimeMonitor", "LogPatternMonitor"]
+    assert len(MONITOR_FACTORIES) == 3
