@@ -299,7 +299,12 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
 
     sky_task_id = env.get("SKYPILOT_TASK_ID", "")
     task_id = sky_task_id or f"local-{uuid.uuid4().hex[:12]}"
+    node_rank = _env_count(env, "SKYPILOT_NODE_RANK", 0)
+    num_nodes = max(1, _env_count(env, "SKYPILOT_NUM_NODES", 1))
     state_dir = value("state_dir") or Path.home() / ".skyguard" / _safe_name(task_id)
+    if num_nodes > 1:
+        # Nodes of one job may share the state dir (one bucket): each keeps its own files.
+        state_dir = state_dir / f"node-{node_rank}"
     heartbeat_file = value("heartbeat_file") or state_dir / "heartbeat"
     config = RunConfig(
         command=tuple(command),
@@ -314,8 +319,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         crash_loop_window=value("crash_loop_window"),
         job_name=value("job_name") or _job_name(env, task_id),
         task_id=task_id,
-        node_rank=_env_count(env, "SKYPILOT_NODE_RANK", 0),
-        num_nodes=max(1, _env_count(env, "SKYPILOT_NUM_NODES", 1)),
+        node_rank=node_rank,
+        num_nodes=num_nodes,
         file_sections={k: v for k, v in file_data.items() if k != "run"},
         managed=bool(env.get("SKYPILOT_MANAGED_JOB_ID")),
         dry_run=bool(flags.get("dry_run")),
