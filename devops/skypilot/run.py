@@ -121,7 +121,11 @@ class Runner:
             node_rank=config.node_rank,
             task_id=config.task_id,
         )
-        self.state.record(termination, history)
+        try:
+            self.state.record(termination, history)
+        except OSError as error:
+            # The decision stands: SkyPilot still needs the right exit code.
+            logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
         print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
         self._tell("on_end", ctx, termination)
         return termination
@@ -143,6 +147,8 @@ class Runner:
             )
             return Outcome(child_returncode=None, verdict=spent), ChildEnd(None, None)
         self._tell("on_start", ctx)
+        if waker.stop_signal is not None:  # cancelled while observers were told
+            return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
         process = SupervisedProcess(waker)
         verdict: Verdict | None = None
         try:
@@ -229,6 +235,8 @@ class Runner:
         env = {**self.extensions.env_defaults, **os.environ}
         env.update(
             SKYGUARD_HEARTBEAT_FILE=str(self.config.heartbeat_file),
+            # The client paces its beats by it (a tenth of the timeout, at most 1 s).
+            SKYGUARD_HEARTBEAT_TIMEOUT=str(self.config.heartbeat_timeout),
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,

@@ -6,6 +6,7 @@ broken runner from hanging the suite.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,3 +270,35 @@ def test_dry_run_starts_nothing(skyguard: SkyguardRunner, tmp_path: Path) -> Non
     assert process.returncode == 0
     assert '"heartbeat_timeout": 0.0' in stdout
     assert not (tmp_path / "s").exists()
+
+
+def test_managed_job_with_local_state_is_warned_about(skyguard: SkyguardRunner) -> None:
+    env = {"SKYPILOT_MANAGED_JOB_ID": "3", "SKYPILOT_TASK_ID": "sky-managed-x_y_3-0"}
+    result = skyguard.run(child("exit", "0"), env=env)
+    assert result.returncode == 0
+    assert "is on local disk" in result.stderr and "reset when SkyPilot recovers" in result.stderr
+    quiet = skyguard.run(child("exit", "0"), state_dir=skyguard.tmp_path / "other")
+    assert "local disk" not in quiet.stderr  # not a managed job: nothing to lose
+
+
+def test_lost_state_dir_still_exits_with_the_decided_code(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    process = skyguard.start(
+        ["--state-dir", str(state), "--heartbeat-timeout", "1", "--", *train("--hang-after", "2")]
+    )
+    try:
+        wait_for(lambda: (state / "heartbeat").exists())
+        # Replace the state dir by a file: nothing can be written there any more.
+        shutil.rmtree(state)
+        state.write_text("not a directory")
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 75, stderr
+    assert "could not write" in stderr
+    # The heartbeat file lived there too; the record still reaches the job log.
+    assert '"reason": "heartbeat_unreadable"' in stderr and "errno 20" in stderr
