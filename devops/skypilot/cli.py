@@ -25,6 +25,10 @@ class OneLineParser(argparse.ArgumentParser):
 #: name -> (module, help). Each module has ``add_arguments(parser)`` and ``main(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("devops.skypilot.run", "run a command under supervision (on each node)"),
+    "launch": ("devops.skypilot.launch", "submit a supervised job to SkyPilot (client side)"),
+    "status": ("devops.skypilot.status", "a job's state and its attempt history"),
+    "notify": ("notifications.cli", "send a test notification on each configured channel"),
+    "nccl-check": ("devops.skypilot.nccl", "NCCL/gloo preflight: collectives and bus bandwidth"),
 }
 
 

@@ -60,6 +60,35 @@ def parse_count(text: str | int) -> int:
     return value
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def parse_switch(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"not a yes/no value: {value!r}")
+
+
+def parse_port(text: str | int) -> int:
+    port = parse_count(text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"not a port number: {port}")
+    return port
+
+
+def parse_rate(text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"must not be negative: {value:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One runner option: its flag, its env variable, its parser and default."""
@@ -69,6 +98,11 @@ class Option:
     default: Any
     help: str
     metavar: str = ""
+
+    @property
+    def switch(self) -> bool:
+        """A flag without a value (``--torchrun``); its env variable takes yes/no."""
+        return self.parse is parse_switch
 
     @property
     def flag(self) -> str:
@@ -143,6 +177,57 @@ OPTIONS: tuple[Option, ...] = (
         "DUR",
     ),
     Option("job_name", _text, None, "name used in records and notifications", "NAME"),
+    Option(
+        "torchrun",
+        parse_switch,
+        False,
+        "run the command under torchrun, rendezvous from SkyPilot's variables "
+        "(restarts off, grace = --grace)",
+    ),
+    Option(
+        "nproc_per_node",
+        parse_count,
+        None,
+        "with --torchrun: processes per node (default: GPUs per node, or 1)",
+        "N",
+    ),
+    Option("master_port", parse_port, 29500, "with --torchrun: rendezvous port", "PORT"),
+    Option(
+        "preflight",
+        parse_switch,
+        False,
+        "NCCL/gloo check of collectives and bus bandwidth before the command; "
+        "a failure ends the attempt as nccl_error (exit 75)",
+    ),
+    Option("preflight_timeout", parse_duration, 45.0, "bound of the preflight", "DUR"),
+    Option(
+        "preflight_min_busbw",
+        parse_rate,
+        None,
+        "preflight bus bandwidth floor, GB/s (default: per interconnect)",
+        "GBPS",
+    ),
+    Option(
+        "coord_port",
+        parse_port,
+        29411,
+        "multi-node: port of the head node's coordination endpoint",
+        "PORT",
+    ),
+    Option(
+        "coord_timeout",
+        parse_duration,
+        30.0,
+        "multi-node: a head unreachable this long counts as failed",
+        "DUR",
+    ),
+    Option(
+        "gpu_idle_timeout",
+        parse_duration,
+        0.0,
+        "all GPUs idle this long while the command runs is a fault; 0 = off",
+        "DUR",
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -165,6 +250,15 @@ class RunConfig:
     task_id: str
     node_rank: int
     num_nodes: int = 1
+    torchrun: bool = False
+    nproc_per_node: int | None = None
+    master_port: int = 29500
+    preflight: bool = False
+    preflight_timeout: float = 45.0
+    preflight_min_busbw: float | None = None
+    coord_port: int = 29411
+    coord_timeout: float = 30.0
+    gpu_idle_timeout: float = 0.0
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -189,6 +283,15 @@ class RunConfig:
             "task_id": self.task_id,
             "node_rank": self.node_rank,
             "num_nodes": self.num_nodes,
+            "torchrun": self.torchrun,
+            "nproc_per_node": self.nproc_per_node,
+            "master_port": self.master_port,
+            "preflight": self.preflight,
+            "preflight_timeout": self.preflight_timeout,
+            "preflight_min_busbw": self.preflight_min_busbw,
+            "coord_port": self.coord_port,
+            "coord_timeout": self.coord_timeout,
+            "gpu_idle_timeout": self.gpu_idle_timeout,
             "config_sections": sorted(self.file_sections),
         }
 
@@ -196,6 +299,12 @@ class RunConfig:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``skyguard run``'s flags. Defaults stay None so env and file can fill them."""
     for option in OPTIONS:
+        help_text = f"{option.help} (env {option.env_var})"
+        if option.switch:
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_const", const=True, help=help_text
+            )
+            continue
         default_text = "" if option.default is None else f" [default: {option.default}]"
         parser.add_argument(
             option.flag,
@@ -321,6 +430,15 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         task_id=task_id,
         node_rank=node_rank,
         num_nodes=num_nodes,
+        torchrun=value("torchrun"),
+        nproc_per_node=value("nproc_per_node"),
+        master_port=value("master_port"),
+        preflight=value("preflight"),
+        preflight_timeout=value("preflight_timeout"),
+        preflight_min_busbw=value("preflight_min_busbw"),
+        coord_port=value("coord_port"),
+        coord_timeout=value("coord_timeout"),
+        gpu_idle_timeout=value("gpu_idle_timeout"),
         file_sections={k: v for k, v in file_data.items() if k != "run"},
         managed=bool(env.get("SKYPILOT_MANAGED_JOB_ID")),
         dry_run=bool(flags.get("dry_run")),
@@ -331,7 +449,10 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         raise ConfigError(
             f"SKYPILOT_NODE_RANK={config.node_rank} but SKYPILOT_NUM_NODES={config.num_nodes}"
         )
-    _check_command(config.command)
+    # Under torchrun the command is a script or `-m module`: torchrun checks it.
+    _check_command(("torchrun",) if config.torchrun else config.command)
+    if config.preflight_timeout <= 0:
+        raise ConfigError("--preflight-timeout must be > 0")
     return config
 
 

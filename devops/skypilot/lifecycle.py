@@ -63,3 +63,6 @@ class RunObserver(ABC):
     @abstractmethod
     def on_end(self, ctx: JobContext, termination: Termination) -> None:
         """The attempt ended and its record is written; the runner exits next."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """Release what the observer holds; called last, also when the attempt never started."""

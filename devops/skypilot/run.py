@@ -18,8 +18,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,6 +64,9 @@ class RunnerExtensions:
     monitors: Sequence[Monitor] = ()
     #: Variables for the command's environment, unless the user already set them.
     env_defaults: Mapping[str, str] = field(default_factory=dict)
+    #: A check run before the command on every attempt (the NCCL preflight); a
+    #: verdict ends the attempt before the command starts.
+    preflight: Callable[[], Verdict | None] | None = None
 
 
 class Runner:
@@ -75,11 +78,7 @@ class Runner:
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
         config = self.config
-        try:
-            self.state.ensure_writable()
-            config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+        prepare_state_dir(config)
         self._warn_if_local_state()
         history = self.state.load_history()
         abandoned = self.state.take_abandoned()
@@ -87,7 +86,8 @@ class Runner:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
         runtime_used = sum(item.duration for item in history)
-        monitors = [*build_monitors(MonitorSetup(config, runtime_used)), *self.extensions.monitors]
+        setup = MonitorSetup(config, runtime_used, self._base_env())
+        monitors = [*build_monitors(setup), *self.extensions.monitors]
         ctx = JobContext(
             job_name=config.job_name,
             task_id=config.task_id,
@@ -100,8 +100,12 @@ class Runner:
         with contextlib.suppress(FileNotFoundError):
             config.heartbeat_file.unlink()
         become_subreaper()
-        with SignalWaker() as waker:
-            outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+        try:
+            with SignalWaker() as waker:
+                outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+        except BaseException:
+            self._tell("close")
+            raise
         decision = decide(
             outcome,
             [item.summary() for item in history],
@@ -128,6 +132,7 @@ class Runner:
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
         print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
         self._tell("on_end", ctx, termination)
+        self._tell("close")
         return termination
 
     def _attempt(
@@ -149,6 +154,14 @@ class Runner:
         self._tell("on_start", ctx)
         if waker.stop_signal is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
+        if self.extensions.preflight is not None:
+            failed = _safely(self.extensions, "preflight")
+            if isinstance(failed, Verdict):
+                logger.warning("skyguard: preflight failed: %s", failed.detail)
+                failed = replace(failed, monitor=failed.monitor or "Preflight")
+                return Outcome(None, verdict=failed, duration=time.monotonic() - started), ChildEnd(
+                    None, None
+                )
         process = SupervisedProcess(waker)
         verdict: Verdict | None = None
         try:
@@ -217,7 +230,7 @@ class Runner:
                     logger.warning(
                         "skyguard: %s: %s: %s", monitor.name, verdict.reason.value, verdict.detail
                     )
-                    return Verdict(verdict.reason, verdict.detail, monitor.name)
+                    return replace(verdict, monitor=monitor.name)
             if now >= checkpoint_due:
                 self._checkpoint(ctx, now - started)
                 checkpoint_due = now + CHECKPOINT_INTERVAL
@@ -231,8 +244,11 @@ class Runner:
             # A flaky bucket mount must not stop training; the final record retries.
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)
 
+    def _base_env(self) -> dict[str, str]:
+        return {**self.extensions.env_defaults, **os.environ}
+
     def _child_env(self, ctx: JobContext) -> dict[str, str]:
-        env = {**self.extensions.env_defaults, **os.environ}
+        env = self._base_env()
         env.update(
             SKYGUARD_HEARTBEAT_FILE=str(self.config.heartbeat_file),
             # The client paces its beats by it (a tenth of the timeout, at most 1 s).
@@ -259,6 +275,15 @@ class Runner:
                 self.config.state_dir,
                 fstype or "unknown",
             )
+
+
+def prepare_state_dir(config: RunConfig) -> None:
+    """Create the state dir and the heartbeat file's dir, or fail as a config error."""
+    try:
+        StateDir(config.state_dir).ensure_writable()
+        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -297,7 +322,7 @@ def _feed(monitors: Sequence[Monitor], line: str) -> None:
 def _explain(monitor: Monitor) -> Verdict | None:
     verdict = _safely(monitor, "explain")
     if isinstance(verdict, Verdict):
-        return Verdict(verdict.reason, verdict.detail, monitor.name)
+        return replace(verdict, monitor=monitor.name)
     return None
 
 
@@ -316,20 +341,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``skyguard run``: build the config, run one attempt, return its exit code."""
+    from devops.skypilot import extensions
+
     try:
         config = build_config(args, os.environ)
+        sky = extensions.skypilot_env(os.environ)
+        config = extensions.resolve_command(config, sky)
         if config.dry_run:
-            print(json.dumps(config.describe(), indent=2))
+            print(json.dumps(extensions.describe(config, os.environ), indent=2))
             return EXIT_SUCCESS
-        return Runner(config, build_extensions(config)).run().exit_code
+        prepare_state_dir(config)  # before extensions write there
+        return Runner(config, extensions.build_extensions(config, sky)).run().exit_code
     except ConfigError as error:
         print(f"skyguard: error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-
-
-def build_extensions(config: RunConfig) -> RunnerExtensions:
-    """What plugs into this run besides the built-in monitors."""
-    return RunnerExtensions()
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ class Verdict:
     detail: str
     #: Set by the runner from ``Monitor.name``; monitors leave it empty.
     monitor: str = ""
+    #: An exit code the verdict imposes: a peer node's final code, so that every
+    #: node of a job ends alike and SkyPilot does not restart a job one node gave up on.
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,9 @@ def decide(
     ``history`` holds the earlier attempts of the same task, oldest first.
     """
     reason, detail, monitor = _initial(outcome)
+    imposed = outcome.verdict.exit_code if outcome.verdict and not outcome.runner_signal else None
+    if imposed is not None and imposed != EXIT_RETRY:
+        return Decision(reason, imposed, detail, monitor)
     if reason.retryable:
         why_not = _crash_loop(reason, outcome.duration, history, policy)
         if why_not is not None:

@@ -158,4 +158,39 @@ def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
     )
     names = [m.name for m in build_monitors(MonitorSetup(full, 0))]
     assert names == ["HeartbeatMonitor", "MaxRuntimeMonitor", "LogPatternMonitor"]
-    assert len(MONITOR_FACTORIES) == 3
+    assert len(MONITOR_FACTORIES) == 4  # + GpuMonitor, off without NVML
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[rank1]:[E1123 12:00:00 ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught collective "
+        "operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for 600000 milliseconds "
+        "before timing out.",
+        "[rank1]:[E1123 ProcessGroupNCCL.cpp:1834] [PG 0 Rank 1]  failure detected by watchdog "
+        "at work sequence id: 7",
+    ],
+)
+def test_watchdog_lines_name_the_flight_recorder_dump(line: str) -> None:
+    env = {"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/state/nccl-trace/rank_"}
+    monitor = LogPatternMonitor(env=env)
+    monitor.observe_line(line)
+    verdict = monitor.check(0.0)
+    assert verdict is not None and verdict.reason is R.NCCL_ERROR
+    assert "(flight recorder dump: /state/nccl-trace/rank_1)" in verdict.detail
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA",
+        "Heartbeat monitor timed out! Process will be terminated after dumping debug info.",
+        "ProcessGroupNCCL's watchdog got stuck for 480 seconds without making progress",
+    ],
+)
+def test_other_watchdog_lines(line: str) -> None:
+    monitor = LogPatternMonitor()
+    monitor.observe_line(line)
+    verdict = monitor.check(0.0)
+    assert verdict is not None and verdict.reason is R.NCCL_ERROR
+    assert "flight recorder" not in verdict.detail  # no rank, no guess

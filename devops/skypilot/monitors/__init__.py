@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from devops.skypilot.monitors.base import Monitor
+from devops.skypilot.monitors.gpu import GpuMonitor
 from devops.skypilot.monitors.heartbeat import HeartbeatMonitor
 from devops.skypilot.monitors.log_patterns import LogPatternMonitor
 from devops.skypilot.monitors.runtime import MaxRuntimeMonitor
@@ -17,6 +18,7 @@ MONITOR_FACTORIES: tuple[MonitorFactory, ...] = (
     HeartbeatMonitor.create,
     MaxRuntimeMonitor.create,
     LogPatternMonitor.create,
+    GpuMonitor.from_setup,
 )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devops.skypilot.config import ConfigError
+from devops.skypilot.environment import flight_recorder_dump
 from devops.skypilot.monitors.base import Monitor
 from devops.skypilot.monitors.setup import MonitorSetup
 from devops.skypilot.termination import TerminationReason, Verdict
@@ -40,9 +41,20 @@ class LogPattern:
 
 _CUDA, _NCCL = TerminationReason.CUDA_ERROR, TerminationReason.NCCL_ERROR
 
-DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
-    # torch's NCCL watchdog: a collective hung past its timeout.
+#: torch's NCCL watchdog (ProcessGroupNCCL): a collective hung past its timeout,
+#: or the watchdog itself is stuck. A ``rank`` group puts that rank's flight
+#: recorder dump path in the detail.
+WATCHDOG_PATTERNS: tuple[LogPattern, ...] = (
+    LogPattern.of(r"\[Rank (?P<rank>\d+)\] Watchdog caught collective operation timeout", _NCCL),
+    LogPattern.of(r"Rank (?P<rank>\d+)\]\s+failure detected by watchdog at work sequence", _NCCL),
     LogPattern.of(r"Watchdog caught collective operation timeout", _NCCL),
+    LogPattern.of(r"Some NCCL operations have failed or timed out", _NCCL),
+    LogPattern.of(r"Heartbeat monitor timed out! Process will be terminated", _NCCL),
+    LogPattern.of(r"ProcessGroupNCCL's watchdog got stuck for \d+ seconds", _NCCL),
+)
+
+DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
+    *WATCHDOG_PATTERNS,
     LogPattern.of(r"\bNCCL error\b|\bnccl(?:Internal|System|UnhandledCuda|Remote)Error\b", _NCCL),
     LogPattern.of(r"CUDA out of memory", _CUDA),
     LogPattern.of(r"an illegal memory access was encountered", _CUDA),
@@ -85,23 +97,34 @@ class LogPatternMonitor(Monitor):
 
     interval = 0.2
 
-    def __init__(self, patterns: Sequence[LogPattern] = DEFAULT_PATTERNS) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[LogPattern] = DEFAULT_PATTERNS,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.patterns = tuple(patterns)
+        #: The command's environment: where torch writes its flight recorder dumps.
+        self._env = env or {}
         self._match: Verdict | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def create(cls, setup: MonitorSetup) -> LogPatternMonitor | None:
         patterns = patterns_from_config(setup.config.file_sections.get("log_patterns"))
-        return cls(patterns) if patterns else None
+        return cls(patterns, setup.child_env) if patterns else None
 
     def observe_line(self, line: str) -> None:
         if self._match is not None:
             return
         for entry in self.patterns:
-            if entry.pattern.search(line):
-                text = line.strip()[:MAX_DETAIL_LINE]
-                verdict = Verdict(entry.reason, f"fatal log line: {text}")
+            match = entry.pattern.search(line)
+            if match:
+                detail = f"fatal log line: {line.strip()[:MAX_DETAIL_LINE]}"
+                rank = match.groupdict().get("rank")
+                dump = flight_recorder_dump(self._env, int(rank)) if rank else None
+                if dump:
+                    detail += f" (flight recorder dump: {dump})"
+                verdict = Verdict(entry.reason, detail)
                 with self._lock:
                     if self._match is None:
                         self._match = verdict

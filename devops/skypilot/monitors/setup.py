@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from devops.skypilot.config import RunConfig
 
@@ -12,3 +13,5 @@ class MonitorSetup:
     config: RunConfig
     #: Seconds the task already ran in earlier attempts.
     runtime_used: float
+    #: The environment the command runs with (where it writes its dumps, say).
+    child_env: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,24 @@
+"""Tell people how a job is doing: Discord, GitHub commit status and W&B.
+
+Node code: imports only requests and tenacity at module level (``wandb`` lazily).
+The runner sees this package only through :class:`NotificationObserver`, which
+the CLI builds with :meth:`NotificationObserver.from_sources`.
+"""
+
+from notifications.config import ConfigError, NotificationConfig
+from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Links, Notifier
+from notifications.observer import NotificationObserver
+from notifications.orchestrator import Orchestrator
+
+__all__ = [
+    "ConfigError",
+    "Delivery",
+    "DeliveryStatus",
+    "Event",
+    "Level",
+    "Links",
+    "NotificationConfig",
+    "NotificationObserver",
+    "Notifier",
+    "Orchestrator",
+]

@@ -1,0 +1,113 @@
+"""Plugs notifications into the runner as a :class:`RunObserver`.
+
+``on_start`` sets the commit status pending, in the background, so a slow
+endpoint never delays the command's start; ``on_end`` waits for that (so the
+final status cannot be overtaken by the pending one) and announces the phase
+the attempt's :class:`Termination` puts the job in (retrying, succeeded,
+failed, cancelled). Both together stay within one notification deadline at the
+end, and neither raises: a failed send is logged as failed and changes nothing
+else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from devops.skypilot.lifecycle import JobContext, Phase, RunObserver, phase_for
+from devops.skypilot.termination import Termination
+from notifications.config import NotificationConfig
+from notifications.notifier import Delivery, Event
+from notifications.orchestrator import Orchestrator
+
+logger = logging.getLogger(__name__)
+
+
+class NotificationObserver(RunObserver):
+    def __init__(
+        self, config: NotificationConfig, orchestrator: Orchestrator | None = None
+    ) -> None:
+        self.config = config
+        self.orchestrator = orchestrator or config.orchestrator()
+        #: What the last notification delivered, for the runner's log and for tests.
+        self.last_deliveries: list[Delivery] = []
+        self._starting: threading.Thread | None = None
+
+    @classmethod
+    def from_sources(
+        cls, section: Mapping[str, Any] | None, env: Mapping[str, str]
+    ) -> NotificationObserver:
+        """Build from the ``[notifications]`` table and the environment; raises ConfigError."""
+        return cls(NotificationConfig.from_sources(section, env))
+
+    def event_for(
+        self, ctx: JobContext, phase: Phase, termination: Termination | None = None
+    ) -> Event:
+        return Event(
+            job_name=ctx.job_name,
+            task_id=ctx.task_id,
+            phase=phase,
+            reason=termination.reason if termination else None,
+            exit_code=termination.exit_code if termination else None,
+            detail=termination.detail if termination else "",
+            attempt=ctx.attempt,
+            num_nodes=ctx.num_nodes,
+            elapsed=termination.duration if termination else 0.0,
+            links=self.config.links(ctx.job_name, ctx.task_id),
+            run_id=self.config.wandb.run_id,
+        )
+
+    def on_start(self, ctx: JobContext) -> None:
+        if not self.config.enabled:
+            return
+        self.orchestrator.warm_up(ctx.node_rank)
+        starting = threading.Thread(
+            target=self._notify,
+            args=(ctx, Phase.STARTED, None, None),
+            name="notify-started",
+            daemon=True,
+        )
+        try:
+            starting.start()
+        except RuntimeError as exc:  # no thread to spare: skip the start, keep the job
+            logger.warning("start notification skipped: %s", exc)
+            return
+        self._starting = starting
+
+    def on_end(self, ctx: JobContext, termination: Termination) -> None:
+        # One budget for the whole exit: waiting for a slow start notification
+        # (only in jobs shorter than the deadline) leaves less for the end.
+        deadline_at = time.monotonic() + self.orchestrator.deadline
+        self.wait_started(deadline_at - time.monotonic())
+        self._notify(ctx, phase_for(termination), termination, deadline_at)
+
+    def wait_started(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the start notification to finish."""
+        starting = self._starting
+        if starting is not None:
+            starting.join(max(0.0, timeout))
+
+    def _notify(
+        self,
+        ctx: JobContext,
+        phase: Phase,
+        termination: Termination | None,
+        deadline_at: float | None,
+    ) -> None:
+        self.last_deliveries = []
+        if not self.config.enabled:
+            return
+        try:
+            event = self.event_for(ctx, phase, termination)
+            self.last_deliveries = self.orchestrator.notify(
+                event, node_rank=ctx.node_rank, state_dir=ctx.state_dir, deadline_at=deadline_at
+            )
+        except Exception as exc:  # notifications must never hurt the job
+            logger.warning(
+                "notification for %s failed: %s",
+                phase.value,
+                self.orchestrator.redactor(f"{type(exc).__name__}: {exc}"),
+            )
