@@ -19,7 +19,6 @@ Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-
 def start(
     skyguard: SkyguardRunner, state: Path, env: dict[str, str], *command: str
 ) -> subprocess.Popen[str]:
