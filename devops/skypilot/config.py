@@ -410,10 +410,13 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     task_id = sky_task_id or f"local-{uuid.uuid4().hex[:12]}"
     node_rank = _env_count(env, "SKYPILOT_NODE_RANK", 0)
     num_nodes = max(1, _env_count(env, "SKYPILOT_NUM_NODES", 1))
-    state_dir = value("state_dir") or Path.home() / ".skyguard" / _safe_name(task_id)
-    if num_nodes > 1:
-        # Nodes of one job may share the state dir (one bucket): each keeps its own files.
-        state_dir = state_dir / f"node-{node_rank}"
+    state_dir = value("state_dir")
+    if state_dir is None:
+        state_dir = Path.home() / ".skyguard" / _safe_name(task_id)
+        if num_nodes > 1:
+            # Nodes may share a home (NFS): each keeps its own files. An explicit
+            # --state-dir is used as given (recipes/job.yaml makes it per node).
+            state_dir = state_dir / f"node-{node_rank}"
     heartbeat_file = value("heartbeat_file") or state_dir / "heartbeat"
     config = RunConfig(
         command=tuple(command),

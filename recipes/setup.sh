@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Install skyguard on a node from the workdir SkyPilot synced (recipes/job.yaml
+# and recipes/sandbox.yaml both call it as their `setup:`).
+#
+# Target: the active Python environment (SkyPilot activates its user venv for
+# setup and run, so `python train.py` can import skyguard's heartbeat API), or
+# $HOME/.skyguard/venv when none is active. Uses uv when SkyPilot installed it,
+# pip otherwise; nothing is fetched but packages from the package index.
+#
+# Idempotent and fast on re-run: a recovery (or `sky exec`) with the same source
+# skips the install. Knob: SKYGUARD_EXTRAS="wandb,gpu" installs those extras.
+# Any failing step prints one "skyguard setup: ERROR: ..." line and exits 1.
+set -euo pipefail
+
+fail() {
+  echo "skyguard setup: ERROR: $*" >&2
+  exit 1
+}
+say() { echo "skyguard setup: $*"; }
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[ -f "$src/pyproject.toml" ] || fail "no pyproject.toml in $src: is the workdir synced?"
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  env_dir=$VIRTUAL_ENV
+elif [ -n "${CONDA_PREFIX:-}" ]; then
+  env_dir=$CONDA_PREFIX
+else
+  env_dir=$HOME/.skyguard/venv
+fi
+python=$env_dir/bin/python
+
+extras=${SKYGUARD_EXTRAS:-}
+if [ -n "$extras" ] && ! [[ $extras =~ ^[a-z0-9_-]+(,[a-z0-9_-]+)*$ ]]; then
+  fail "SKYGUARD_EXTRAS='$extras': use comma-separated extra names, e.g. wandb,gpu"
+fi
+target=$src
+[ -n "$extras" ] && target="$src[$extras]"
+
+# What is installed is identified by the source it came from, plus the extras.
+packages=()
+for path in devops notifications; do
+  [ -d "$src/$path" ] && packages+=("$path")
+done
+digest=$(
+  cd "$src"
+  {
+    echo "extras=$extras"
+    find pyproject.toml "${packages[@]}" -type f \( -name '*.py' -o -name pyproject.toml \) \
+      | LC_ALL=C sort | xargs sha256sum
+  } | sha256sum | cut -d' ' -f1
+) || fail "cannot hash the source in $src"
+stamp=$env_dir/.skyguard-installed
+
+# Checked from / so the workdir's own devops/ does not shadow the installed one.
+installed() { (cd / && "$python" -c 'import devops.skypilot.run' >/dev/null 2>&1) && [ -x "$env_dir/bin/skyguard" ]; }
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && installed; then
+  say "skyguard already installed in $env_dir"
+  exit 0
+fi
+
+if [ ! -x "$python" ]; then
+  command -v python3 >/dev/null || fail "python3 not found; skyguard needs Python >= 3.10"
+  say "creating $env_dir"
+  python3 -m venv --system-site-packages "$env_dir" || fail "python3 -m venv $env_dir failed"
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || fail "$python is $("$python" -V 2>&1); skyguard needs Python >= 3.10"
+
+uv=""
+if [ -x "$HOME/.local/bin/uv" ]; then
+  uv=$HOME/.local/bin/uv
+elif command -v uv >/dev/null; then
+  uv=$(command -v uv)
+fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+say "installing $target into $env_dir${uv:+ (uv)}"
+if [ -n "$uv" ]; then
+  "$uv" pip install --python "$python" --quiet "$target" >"$log" 2>&1 || status=$?
+else
+  "$python" -m pip install --quiet --disable-pip-version-check "$target" >"$log" 2>&1 || status=$?
+fi
+if [ "${status:-0}" != 0 ]; then
+  tail -n 20 "$log" >&2
+  fail "installing $target failed (exit ${status}); the lines above say why"
+fi
+installed || fail "installed, but 'skyguard' is missing from $env_dir/bin or does not import"
+printf '%s\n' "$digest" >"$stamp.tmp" && mv "$stamp.tmp" "$stamp"
+say "installed skyguard into $env_dir"
