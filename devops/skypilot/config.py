@@ -8,6 +8,7 @@ the runner reads the environment for its own settings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -268,32 +269,20 @@ class RunConfig:
 
     def describe(self) -> dict[str, Any]:
         """The resolved settings for ``--dry-run`` and logs; holds no secrets."""
-        return {
-            "command": list(self.command),
-            "state_dir": str(self.state_dir),
-            "heartbeat_file": str(self.heartbeat_file),
-            "heartbeat_timeout": self.heartbeat_timeout,
-            "startup_grace": self.startup_grace,
-            "max_runtime": self.max_runtime,
-            "grace": self.grace,
-            "max_retries": self.max_retries,
-            "crash_loop_count": self.crash_loop_count,
-            "crash_loop_window": self.crash_loop_window,
-            "job_name": self.job_name,
-            "task_id": self.task_id,
-            "node_rank": self.node_rank,
-            "num_nodes": self.num_nodes,
-            "torchrun": self.torchrun,
-            "nproc_per_node": self.nproc_per_node,
-            "master_port": self.master_port,
-            "preflight": self.preflight,
-            "preflight_timeout": self.preflight_timeout,
-            "preflight_min_busbw": self.preflight_min_busbw,
-            "coord_port": self.coord_port,
-            "coord_timeout": self.coord_timeout,
-            "gpu_idle_timeout": self.gpu_idle_timeout,
-            "config_sections": sorted(self.file_sections),
+        shown = {
+            item.name: _jsonable(getattr(self, item.name))
+            for item in dataclasses.fields(self)
+            if item.repr
         }
+        return {**shown, "config_sections": sorted(self.file_sections)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -418,33 +407,24 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
             # --state-dir is used as given (recipes/job.yaml makes it per node).
             state_dir = state_dir / f"node-{node_rank}"
     heartbeat_file = value("heartbeat_file") or state_dir / "heartbeat"
+    # Options that map one to one onto RunConfig fields; the rest are derived above.
+    plain = {
+        option.name: value(option.name)
+        for option in OPTIONS
+        if option.name not in {"config", "state_dir", "heartbeat_file", "job_name"}
+    }
     config = RunConfig(
         command=tuple(command),
         state_dir=state_dir,
         heartbeat_file=heartbeat_file,
-        heartbeat_timeout=value("heartbeat_timeout"),
-        startup_grace=value("startup_grace"),
-        max_runtime=value("max_runtime"),
-        grace=value("grace"),
-        max_retries=value("max_retries"),
-        crash_loop_count=value("crash_loop_count"),
-        crash_loop_window=value("crash_loop_window"),
         job_name=value("job_name") or _job_name(env, task_id),
         task_id=task_id,
         node_rank=node_rank,
         num_nodes=num_nodes,
-        torchrun=value("torchrun"),
-        nproc_per_node=value("nproc_per_node"),
-        master_port=value("master_port"),
-        preflight=value("preflight"),
-        preflight_timeout=value("preflight_timeout"),
-        preflight_min_busbw=value("preflight_min_busbw"),
-        coord_port=value("coord_port"),
-        coord_timeout=value("coord_timeout"),
-        gpu_idle_timeout=value("gpu_idle_timeout"),
         file_sections={k: v for k, v in file_data.items() if k != "run"},
         managed=bool(env.get("SKYPILOT_MANAGED_JOB_ID")),
         dry_run=bool(flags.get("dry_run")),
+        **plain,
     )
     if config.startup_grace and not config.heartbeat_timeout:
         raise ConfigError("--startup-grace needs --heartbeat-timeout")
