@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
-
 from devops.skypilot.lifecycle import Phase
 from notifications.notifier import (
     Delivery,
@@ -159,6 +157,8 @@ class DiscordNotifier(Notifier):
         url = self.settings.webhook_url
         if url is None:
             return Delivery.skipped(self.name, "no webhook URL")
+        from requests import RequestException
+
         try:
             response = post_json(
                 url.reveal(),
@@ -167,7 +167,7 @@ class DiscordNotifier(Notifier):
                 timeouts=self.settings.timeouts,
                 deadline=deadline,
             )
-        except requests.RequestException as exc:
+        except RequestException as exc:
             return delivery_from_error(self.name, exc)
         with response:
             return delivery_from_response(self.name, response)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import requests
-
 from devops.skypilot.lifecycle import Phase
 from notifications.notifier import (
     Delivery,
@@ -106,6 +104,8 @@ class GitHubNotifier(Notifier):
         if event.links.target_url:
             payload["target_url"] = event.links.target_url
         url = f"{self.settings.api_url.rstrip('/')}/repos/{repo}/statuses/{sha}"
+        from requests import RequestException
+
         try:
             response = post_json(
                 url,
@@ -119,7 +119,7 @@ class GitHubNotifier(Notifier):
                 timeouts=self.settings.timeouts,
                 deadline=deadline,
             )
-        except requests.RequestException as exc:
+        except RequestException as exc:
             return delivery_from_error(self.name, exc)
         with response:
             delivery = delivery_from_response(self.name, response)

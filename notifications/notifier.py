@@ -16,13 +16,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
-
-import requests
 
 from devops.skypilot.lifecycle import Phase
 from devops.skypilot.termination import TerminationReason
+
+if TYPE_CHECKING:  # requests costs the runner's start-up ~0.1 s: loaded on first send
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,8 @@ def post_json(
     timeouts: HttpTimeouts,
     deadline: float | None,
 ) -> requests.Response:
+    import requests
+
     return requests.post(
         url,
         json=payload,
@@ -395,6 +398,8 @@ def delivery_from_response(channel: str, response: requests.Response) -> Deliver
 
 def describe_request_error(exc: requests.RequestException) -> str:
     """A safe one-liner; requests' own messages quote the URL, so they are not used."""
+    import requests
+
     if isinstance(exc, requests.ConnectTimeout):
         kind = "connect timed out"
     elif isinstance(exc, requests.Timeout):
@@ -413,6 +418,8 @@ def describe_request_error(exc: requests.RequestException) -> str:
 
 def delivery_from_error(channel: str, exc: requests.RequestException) -> Delivery:
     """Network errors are worth another try; a request we could not even build is not."""
+    import requests
+
     transient = isinstance(exc, requests.ConnectionError | requests.Timeout)
     return Delivery.failed(channel, describe_request_error(exc), transient=transient)
 

@@ -300,16 +300,18 @@ class _Board:
                 "head_end": None if head_end is None else head_end.to_json(),
             }
 
-    def wait_workers_informed(self, num_nodes: int, timeout: float) -> bool:
-        """Until every worker has learned the outcome or ended; False on timeout.
+    def wait_workers_ended(self, num_nodes: int, timeout: float) -> bool:
+        """Until every worker has reported its end; False on timeout.
 
         Every worker of the job, not only those that announced themselves: one
-        that starts late must still find the head serving.
+        that starts late must still find the head serving. Learning the outcome
+        is not enough: a worker that learned it still reports its end, and the
+        head's record should hold every node's end.
         """
         workers = set(range(num_nodes)) - {HEAD_RANK}
 
         def settled() -> bool:
-            return not workers - self.ends.keys() - self.informed
+            return not workers - self.ends.keys()
 
         with self._changed:
             return self._changed.wait_for(settled, timeout=timeout)
@@ -531,10 +533,10 @@ class HeadCoordinator(Coordinator):
         # spent): serve anyway, so the workers learn that decision too.
         self.start()
         self.board.end(end)
-        if not self.board.wait_workers_informed(self.sky_env.num_nodes, self.config.linger):
+        if not self.board.wait_workers_ended(self.sky_env.num_nodes, self.config.linger):
             logger.warning(
-                "coordination: not every worker learned the outcome within %gs; "
-                "they will stop when the head is unreachable",
+                "coordination: not every worker reported its end within %gs; "
+                "those still running stop when the head is unreachable",
                 self.config.linger,
             )
 
@@ -640,10 +642,15 @@ class WorkerCoordinator(Coordinator):
 
     def report_end(self, end: NodeEnd) -> None:
         body = _fit(end, self.config.max_message_bytes)
-        deadline = self._clock() + self.config.report_timeout
+        with self._lock:
+            head_gone = self._head_end is not None
+        # Once the head has ended it stops serving after its linger: one quick
+        # try, not the whole report timeout against a closed port.
+        budget = min(self.config.report_timeout, 0.5) if head_gone else self.config.report_timeout
+        deadline = self._clock() + budget
         try:
             for attempt in Retrying(
-                stop=stop_after_delay(self.config.report_timeout),
+                stop=stop_after_delay(budget),
                 wait=wait_fixed(0.2),
                 retry=retry_if_exception_type((OSError, http.client.HTTPException, _BadAnswer)),
                 reraise=True,

@@ -43,7 +43,11 @@ class Heartbeat:
         self._last = float("-inf")
 
     def beat(self, force: bool = False) -> bool:
-        """Say "alive"; True if this call wrote the file."""
+        """Say "alive"; True if this call wrote the file. Never raises.
+
+        A heartbeat that cannot be written must not crash training: the runner
+        sees the missing beats and decides (heartbeat_unreadable, retried).
+        """
         if self.path is None:
             return False
         now = time.monotonic()
@@ -51,12 +55,15 @@ class Heartbeat:
             return False
         self._last = now
         self.count += 1
-        fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
         try:
-            os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
+            fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
+            try:
+                os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+        except OSError:
+            return False
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:

@@ -62,8 +62,8 @@ class RunnerCluster:
                 str(self.coord_port),
                 "--coord-timeout",
                 "2",
-                "--state-dir",
-                str(self.state_root),
+                "--state-dir",  # one per node, as recipes/job.yaml does
+                str(self.state_root / f"node-{rank}"),
                 "--grace",
                 "5",
                 *options,

@@ -47,3 +47,8 @@ def test_module_level_beat(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(heartbeat, "_default", None)
     assert heartbeat.beat() is True
     assert (tmp_path / "hb").read_text().split()[1].isdigit()
+
+
+def test_unwritable_heartbeat_never_crashes_training(tmp_path: Path) -> None:
+    beat = Heartbeat(tmp_path / "gone" / "hb", min_interval=0)
+    assert beat.beat() is False  # the directory does not exist: no exception

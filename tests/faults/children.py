@@ -1,0 +1,227 @@
+"""Misbehaving commands for the fault matrix, run as real processes under the runner.
+
+``python children.py MODE ARGS...``. Modes that need the test to act at the
+right moment write ``$FAULT_READY`` (a path) when they reach it; modes that wait
+for the test poll for ``$FAULT_GO``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from devops.skypilot.heartbeat import Heartbeat
+
+
+def ready() -> None:
+    path = os.environ.get("FAULT_READY")
+    if path:
+        Path(path + ".tmp").write_text(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+
+
+def wait_for_go() -> None:
+    go = os.environ["FAULT_GO"]
+    while not os.path.exists(go):
+        time.sleep(0.02)
+
+
+def beats(count: int = 3) -> Heartbeat:
+    beat = Heartbeat(min_interval=0)
+    for _ in range(count):
+        beat.beat()
+        time.sleep(0.05)
+    return beat
+
+
+def hang() -> None:
+    while True:
+        time.sleep(3600)
+
+
+def crash() -> int:
+    beats()
+    raise RuntimeError("simulated crash")
+
+
+def kill_self(name: str) -> int:
+    beats()
+    os.kill(os.getpid(), getattr(signal, name))
+    time.sleep(5)
+    return 0
+
+
+def hang_after_beats(ignore_term: str = "") -> int:
+    if ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    beats()
+    ready()
+    hang()
+    return 0
+
+
+def hang_on_fifo(path: str) -> int:
+    """Blocked in the kernel: open() of a FIFO waits for a writer that never comes."""
+    beats()
+    os.mkfifo(path)
+    ready()
+    with open(path, "rb") as fifo:
+        fifo.read()
+    return 0
+
+
+def fork_bomb(count: str, pid_file: str) -> int:
+    """``count`` children that try to outlive the command: half in their own session
+    (out of the process group), half ignoring SIGTERM."""
+    pids = []
+    for index in range(int(count)):
+        pid = os.fork()
+        if pid == 0:
+            if index % 2:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            else:
+                os.setsid()
+            time.sleep(3600)
+            os._exit(0)
+        pids.append(pid)
+    Path(pid_file).write_text("\n".join(map(str, pids)))
+    return 0
+
+
+def double_fork(pid_file: str) -> int:
+    """Leave a SIGTERM-ignoring daemon behind in its own session, then exit 0."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            Path(pid_file + ".tmp").write_text(str(os.getpid()))
+            os.replace(pid_file + ".tmp", pid_file)
+            time.sleep(3600)
+        os._exit(0)
+    while not os.path.exists(pid_file):
+        time.sleep(0.01)
+    return 0
+
+
+def close_stdout(code: str) -> int:
+    """EOF on both pipes long before the exit: the runner must wait for the real exit."""
+    print("closing stdout and stderr", flush=True)
+    os.close(1)
+    os.close(2)
+    time.sleep(0.5)
+    return int(code)
+
+
+def flood(megabytes: str) -> int:
+    """``megabytes`` MB of output as fast as the pipe takes it: lines, then one
+    8 MB line without a newline (the runner must cut it, not buffer it whole)."""
+    total = int(megabytes) * 2**20
+    line = b"x" * 1023 + b"\n"
+    chunk = line * 64
+    long_line = 8 * 2**20
+    written = 0
+    out = sys.stdout.fileno()
+    while written < total - long_line:
+        written += os.write(out, chunk)
+    piece = b"y" * 65536
+    while written < total:
+        written += os.write(out, piece)
+    os.write(out, b"\nflood: done\n")
+    return 0
+
+
+INVALID = b"bad bytes \xff\xfe\xc3\x28 then RuntimeError: CUDA out of memory. Tried 2 GiB\n"
+
+
+def invalid_utf8() -> int:
+    os.write(sys.stdout.fileno(), INVALID)
+    return 1
+
+
+def remove_state_dir(code: str) -> int:
+    shutil.rmtree(os.environ["SKYGUARD_STATE_DIR"])
+    return int(code)
+
+
+def remove_state_dir_while_beating() -> int:
+    """The heartbeat file's directory vanishes (a bucket unmounted) while the loop goes on."""
+    beat = beats()
+    shutil.rmtree(os.environ["SKYGUARD_STATE_DIR"])
+    while True:
+        beat.beat()
+        time.sleep(0.05)
+
+
+def replace_state_dir_with_file(code: str) -> int:
+    """The state dir's path stops being a directory: nothing can be written under it."""
+    state = os.environ["SKYGUARD_STATE_DIR"]
+    shutil.rmtree(state)
+    Path(state).write_text("not a directory\n")
+    return int(code)
+
+
+def wait_then_exit(code: str) -> int:
+    ready()
+    wait_for_go()
+    return int(code)
+
+
+def delete_heartbeat() -> int:
+    beat = beats()
+    assert beat.path is not None
+    beat.path.unlink()
+    ready()
+    hang()
+    return 0
+
+
+def beat_for(seconds: str, then: str = "exit") -> int:
+    """Beat for ``seconds``; then exit 0, or hang (``then=hang``)."""
+    beat = Heartbeat(min_interval=0)
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        beat.beat()
+        time.sleep(0.05)
+    print(f"beat-for: beat for {seconds}s", flush=True)
+    if then == "hang":
+        hang()
+    return 0
+
+
+def beat_forever() -> int:
+    beat = Heartbeat(min_interval=0)
+    beat.beat()
+    ready()
+    while True:
+        beat.beat()
+        time.sleep(0.05)
+
+
+MODES: dict[str, Callable[..., int]] = {
+    "crash": crash,
+    "kill-self": kill_self,
+    "hang": hang_after_beats,
+    "hang-on-fifo": hang_on_fifo,
+    "fork-bomb": fork_bomb,
+    "double-fork": double_fork,
+    "close-stdout": close_stdout,
+    "flood": flood,
+    "invalid-utf8": invalid_utf8,
+    "remove-state-dir": remove_state_dir,
+    "remove-state-dir-while-beating": remove_state_dir_while_beating,
+    "replace-state-dir-with-file": replace_state_dir_with_file,
+    "wait-then-exit": wait_then_exit,
+    "delete-heartbeat": delete_heartbeat,
+    "beat-for": beat_for,
+    "beat-forever": beat_forever,
+}
+
+
+if __name__ == "__main__":
+    mode, *arguments = sys.argv[1:]
+    sys.exit(MODES[mode](*arguments))

@@ -1,0 +1,593 @@
+"""The fault-injection matrix: the real runner against one failure at a time.
+
+Each scenario names the fault, what the runner must decide (reason, exit code),
+and what must still hold afterwards: the record on disk keeps every earlier
+attempt (each state dir is seeded with one), no process is left (the
+``skyguard`` fixture fails the test otherwise), the runner's memory stays
+bounded, no traceback comes from skyguard's own code, and the run ends within a
+generous bound (a guard against hanging, not a speed test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from devops.skypilot.state import StateDir
+from devops.skypilot.termination import Termination, TerminationReason
+from tests.conftest import PYTHON, REPO, SkyguardRunner
+from tests.faults.children import INVALID
+from tests.faults.endpoint import TOKEN, Endpoint, serve
+
+CHILDREN = str(REPO / "tests" / "faults" / "children.py")
+CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")
+#: A guard against a runner that never ends, not a speed requirement.
+RUN_BOUND = 90.0
+#: The runner's resident memory, in every scenario (100 MB of output included).
+RSS_BOUND_MB = 200.0
+SEED = Termination(
+    reason=TerminationReason.SIGNALLED,
+    exit_code=75,
+    child_exit_code=None,
+    signal=None,
+    detail="seeded by the fault matrix: an earlier attempt, preempted",
+    monitor="",
+    attempt=1,
+    started_at="2026-01-01T00:00:00+00:00",
+    ended_at="2026-01-01T00:01:40+00:00",
+    duration=100.0,
+    node_rank=0,
+    task_id="fault-matrix",
+)
+CORRUPT = '{"reason": "completed", "history": [ this is not JSON'
+#: The read-only scenario runs the runner in a private mount namespace, where the
+#: state dir is bind-mounted read-only over itself once the command is running
+#: (open files keep writing; every new write under the path fails with EROFS).
+READ_ONLY_WRAPPER = r"""
+"$@" &
+runner=$!
+while [ ! -e "$FAULT_READY" ]; do sleep 0.02; done
+mount --bind "$FAULT_STATE" "$FAULT_STATE" &&
+  mount -o remount,bind,ro "$FAULT_STATE" || echo "mount failed" >&2
+touch "$FAULT_GO"
+wait "$runner"
+"""
+
+
+@dataclass
+class Live:
+    """A scenario while it runs: what its action can see and do."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    tmp: Path
+    ready: Path
+    go: Path
+
+    def wait_ready(self) -> int:
+        """Wait until the command reached its moment; its pid."""
+        deadline = time.monotonic() + RUN_BOUND
+        while not self.ready.exists():
+            assert self.process.poll() is None, "runner exited before the command was ready"
+            assert time.monotonic() < deadline, "command never got ready"
+            time.sleep(0.02)
+        return int(self.ready.read_text())
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: Path
+    stderr: str
+    state_dir: Path
+    tmp: Path
+    peak_rss_mb: float
+    elapsed: float
+    endpoint: Endpoint | None = None
+
+    @property
+    def printed(self) -> dict[str, Any]:
+        """The ``skyguard: termination {...}`` line: printed even when it cannot be written."""
+        match = re.search(r"^skyguard: termination (\{.*\})$", self.stderr, re.MULTILINE)
+        assert match, f"no termination line in stderr:\n{self.stderr[-3000:]}"
+        data: dict[str, Any] = json.loads(match.group(1))
+        return data
+
+    @property
+    def on_disk(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state_dir / "termination.json").read_text())
+        return data
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "logs" / f"attempt-{self.printed['attempt']}.log"
+
+
+Action = Callable[[Live], None]
+Check = Callable[[Finished], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    command: tuple[str, ...]
+    reason: str
+    exit_code: int
+    options: tuple[str, ...] = ()
+    #: Expected ``signal`` of the record (None: not checked).
+    signal: str | None = None
+    #: "attempt": one earlier attempt on disk; "corrupt": a corrupt record; "": nothing.
+    seed: str = "attempt"
+    #: History length on disk afterwards; None when nothing can be on disk.
+    history: int | None = 2
+    #: "plain", "read-only" (mount namespace) or "clock+N" / "clock-N" (jumped wall clock).
+    launcher: str = "plain"
+    action: Action | None = None
+    check: Check | None = None
+    #: Where the runner's stdout goes: a file, or /dev/null for floods.
+    keep_stdout: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    #: A misbehaving notification endpoint the runner posts to: "down", "429", "slow".
+    endpoint: str = ""
+    #: A known defect this scenario exposes (strict xfail: fixing it turns the test red
+    #: until the mark is removed).
+    known_bug: str = ""
+
+
+def child(*args: str) -> tuple[str, ...]:
+    return (PYTHON, CHILDREN, *args)
+
+
+def hb(timeout: str = "1", grace: str = "2") -> tuple[str, ...]:
+    return ("--heartbeat-timeout", timeout, "--grace", grace)
+
+
+# --- actions and checks ------------------------------------------------------------------
+
+
+def send_to_runner(signum: signal.Signals) -> Action:
+    def act(live: Live) -> None:
+        live.wait_ready()
+        live.process.send_signal(signum)
+
+    return act
+
+
+def blocked_in_kernel(live: Live) -> None:
+    """The command really is asleep in open(2) of the FIFO, not running Python."""
+    pid = live.wait_ready()
+    deadline = time.monotonic() + 10
+    while psutil.Process(pid).status() != psutil.STATUS_SLEEPING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def pids_gone(name: str) -> Check:
+    def check(done: Finished) -> None:
+        pids = [int(p) for p in (done.tmp / name).read_text().split()]
+        assert pids, "the command reported no pids"
+        alive = [pid for pid in pids if psutil.pid_exists(pid) and not _zombie(pid)]
+        assert not alive, f"still alive after the runner exited: {alive}"
+
+    return check
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def fork_bomb_gone(done: Finished) -> None:
+    pids_gone("pids")(done)
+    assert len((done.tmp / "pids").read_text().split()) == 50
+
+
+def stdout_closed_early(done: Finished) -> None:
+    assert "closing stdout and stderr" in done.stdout.read_text()
+    assert done.printed["child_exit_code"] == 4
+
+
+def flood_fully_teed(done: Finished) -> None:
+    size = done.log.stat().st_size
+    assert size >= 100 * 2**20, f"log has {size} bytes, expected 100 MB"
+    with done.log.open("rb") as log:
+        log.seek(-64, 2)
+        assert log.read().endswith(b"flood: done\n")
+
+
+def invalid_bytes_kept(done: Finished) -> None:
+    assert INVALID in done.log.read_bytes()
+    assert "fatal log line" in done.printed["detail"]
+
+
+def detail_has(text: str) -> Check:
+    def check(done: Finished) -> None:
+        assert text in done.printed["detail"], done.printed["detail"]
+
+    return check
+
+
+def cannot_write_record(done: Finished) -> None:
+    assert "skyguard: could not write" in done.stderr, done.stderr[-2000:]
+
+
+def read_only_record_untouched(done: Finished) -> None:
+    cannot_write_record(done)
+    assert "Read-only file system" in done.stderr
+    assert done.on_disk["detail"] == SEED.detail  # the old record, intact
+
+
+def state_path_left_alone(done: Finished) -> None:
+    cannot_write_record(done)
+    assert done.state_dir.read_text() == "not a directory\n"
+
+
+def corrupt_set_aside(done: Finished) -> None:
+    assert (done.state_dir / "termination.json.corrupt").read_text() == CORRUPT
+    assert "is corrupt" in done.stderr
+
+
+def clock_jumped(done: Finished) -> None:
+    match = re.search(r"clock-jump: (\d+) wall-clock reads after the jump", done.stderr)
+    assert match and int(match.group(1)) > 0, "the jumped clock was never read"
+
+
+def beat_for_3s(done: Finished) -> None:
+    assert "beat-for: beat for 3s" in done.stdout.read_text()
+    assert done.printed["duration"] >= 3.0
+
+
+def clock_jumped_and(other: Check) -> Check:
+    def check(done: Finished) -> None:
+        clock_jumped(done)
+        other(done)
+
+    return check
+
+
+def notification_failed(done: Finished) -> None:
+    assert re.search(r"notification .*discord: failed", done.stderr), done.stderr[-2000:]
+
+
+def rate_limit_honoured(done: Finished) -> None:
+    assert done.endpoint is not None
+    assert 429 in done.endpoint.answered and done.endpoint.answered[-1] == 204
+    first, second = done.endpoint.posts[0][0], done.endpoint.posts[1][0]
+    assert second - first >= 0.2, "retried before the retry_after Discord asked for"
+    assert re.search(r"notification .*discord: sent", done.stderr), done.stderr[-2000:]
+
+
+def slow_endpoint_bounded(done: Finished) -> None:
+    notification_failed(done)
+    # Three tries of a 10 s read timeout would take 30 s; the deadline is 2 s per phase.
+    assert done.elapsed < 20, f"runner took {done.elapsed:.1f}s with a stalled endpoint"
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("child-crash", child("crash"), "job_failed", 1),
+    Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
+    Scenario("child-sigsegv", child("kill-self", "SIGSEGV"), "job_failed", 139, signal="SIGSEGV"),
+    Scenario("child-hang", child("hang"), "heartbeat_timeout", 75, hb(), signal="SIGTERM"),
+    Scenario(
+        "child-hang-in-syscall",
+        child("hang-on-fifo", "{tmp}/fifo"),
+        "heartbeat_timeout",
+        75,
+        hb(),
+        signal="SIGTERM",
+        action=blocked_in_kernel,
+    ),
+    Scenario(
+        "child-ignores-sigterm",
+        child("hang", "ignore"),
+        "heartbeat_timeout",
+        75,
+        hb(grace="0.5"),
+        signal="SIGKILL",
+    ),
+    Scenario(
+        "child-fork-bomb-50",
+        child("fork-bomb", "50", "{tmp}/pids"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=fork_bomb_gone,
+    ),
+    Scenario(
+        "child-double-fork-orphan",
+        child("double-fork", "{tmp}/daemon"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=pids_gone("daemon"),
+    ),
+    Scenario(
+        "child-closes-stdout",
+        child("close-stdout", "4"),
+        "job_failed",
+        4,
+        check=stdout_closed_early,
+    ),
+    Scenario(
+        "child-floods-100mb",
+        child("flood", "100"),
+        "completed",
+        0,
+        check=flood_fully_teed,
+        keep_stdout=False,
+    ),
+    Scenario(
+        "child-invalid-utf8",
+        child("invalid-utf8"),
+        "cuda_error",
+        75,
+        check=invalid_bytes_kept,
+    ),
+    *(
+        Scenario(
+            f"runner-{signum.name.lower()}",
+            child("beat-forever"),
+            "signalled",
+            75,
+            hb("5"),
+            signal="SIGTERM",
+            action=send_to_runner(signum),
+            check=detail_has(f"runner received {signum.name}"),
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ),
+    Scenario("state-dir-deleted", child("remove-state-dir", "3"), "job_failed", 3),
+    Scenario(
+        "state-dir-deleted-while-beating",
+        child("remove-state-dir-while-beating"),
+        "heartbeat_unreadable",
+        75,
+        hb(),
+    ),
+    Scenario(
+        "state-dir-not-a-directory",
+        child("replace-state-dir-with-file", "3"),
+        "job_failed",
+        3,
+        history=None,
+        check=state_path_left_alone,
+    ),
+    Scenario(
+        "state-dir-read-only",
+        child("wait-then-exit", "3"),
+        "job_failed",
+        3,
+        history=1,
+        launcher="read-only",
+        check=read_only_record_untouched,
+    ),
+    Scenario(
+        "heartbeat-file-deleted",
+        child("delete-heartbeat"),
+        "heartbeat_unreadable",
+        75,
+        hb(),
+        check=detail_has("[errno 2]"),
+    ),
+    Scenario(
+        "termination-json-corrupt",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        seed="corrupt",
+        history=1,
+        check=corrupt_set_aside,
+    ),
+    Scenario(
+        # Neither the 1 h runtime budget nor the 1 s heartbeat deadline may fire at
+        # the jump: the command beats for 3 s, then hangs, and only that ends it.
+        "clock-jumps-forward-a-day",
+        child("beat-for", "3", "hang"),
+        "heartbeat_timeout",
+        75,
+        (*hb(), "--max-runtime", "1h"),
+        launcher="clock+86400",
+        check=clock_jumped_and(beat_for_3s),
+    ),
+    Scenario(
+        "clock-jumps-back-a-day",
+        child("hang"),
+        "heartbeat_timeout",
+        75,
+        hb(),
+        launcher="clock-86400",
+        check=clock_jumped_and(detail_has("(timeout 1s)")),
+    ),
+    Scenario(
+        "notify-endpoint-down",
+        child("beat-for", "0.2", "exit"),
+        "completed",
+        0,
+        endpoint="down",
+        check=notification_failed,
+    ),
+    Scenario(
+        "notify-endpoint-429",
+        child("beat-for", "1.5", "exit"),
+        "completed",
+        0,
+        endpoint="429",
+        check=rate_limit_honoured,
+    ),
+    Scenario(
+        "notify-endpoint-slow",
+        child("close-stdout", "3"),
+        "job_failed",
+        3,
+        endpoint="slow",
+        check=slow_endpoint_bounded,
+    ),
+)
+
+#: What the runner's notifications are set to when a scenario has an endpoint.
+NOTIFY_ENV = {
+    "SKYGUARD_NOTIFY_CHANNELS": "discord",
+    "SKYGUARD_NOTIFY_DEADLINE": "2s",
+    "SKYGUARD_NOTIFY_TRIES": "3",
+    "SKYGUARD_NOTIFY_CONNECT_TIMEOUT": "1s",
+    "SKYGUARD_NOTIFY_READ_TIMEOUT": "10s",
+}
+
+
+# --- the one test ---------------------------------------------------------------------------
+
+
+def _launch(
+    skyguard: SkyguardRunner, scenario: Scenario, runner_args: list[str], env: dict[str, str]
+) -> list[str]:
+    if scenario.launcher == "plain":
+        return skyguard.argv(runner_args)
+    if scenario.launcher == "read-only":
+        wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
+        return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher.startswith("clock"):
+        env["CLOCK_JUMP"] = scenario.launcher.removeprefix("clock")
+        return [PYTHON, CLOCK_JUMP, *runner_args]
+    raise AssertionError(f"unknown launcher {scenario.launcher}")
+
+
+def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psutil.Process | None:
+    """The runner itself (below the wrapper shell in the read-only scenario)."""
+    try:
+        top = psutil.Process(process.pid)
+        if scenario.launcher != "read-only":
+            return top
+        for candidate in top.children():
+            if "devops.skypilot.run" in candidate.cmdline():
+                return candidate
+    except psutil.Error:
+        pass
+    return None
+
+
+def _seed(state_dir: Path, how: str) -> None:
+    state_dir.mkdir(parents=True)
+    if how == "attempt":
+        StateDir(state_dir).record(SEED, [])
+    elif how == "corrupt":
+        (state_dir / "termination.json").write_text(CORRUPT)
+
+
+def _can_remount() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "none", "/mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def _params() -> list[Any]:
+    return [
+        pytest.param(
+            scenario,
+            id=scenario.id,
+            marks=[pytest.mark.xfail(strict=True, reason=scenario.known_bug)]
+            if scenario.known_bug
+            else [],
+        )
+        for scenario in SCENARIOS
+    ]
+
+
+@pytest.mark.parametrize("scenario", _params())
+def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    if scenario.launcher == "read-only" and not _can_remount():
+        pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(serve(scenario.endpoint)) if scenario.endpoint else None
+        done = _run(scenario, skyguard, tmp_path, endpoint)
+    _verify(scenario, done)
+
+
+def _run(
+    scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path, endpoint: Endpoint | None
+) -> Finished:
+    state_dir = tmp_path / "state"
+    _seed(state_dir, scenario.seed)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
+    if endpoint is not None:
+        env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
+    env.update(scenario.extra_env)
+    command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
+    runner_args = ["--state-dir", str(state_dir), *scenario.options, "--", *command]
+    argv = _launch(skyguard, scenario, runner_args, env)
+    stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
+    stderr_path = tmp_path / "stderr"
+    started = time.monotonic()
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            argv, env=skyguard.env(env), stdout=stdout, stderr=stderr, cwd=REPO
+        )
+    peak_rss = 0.0
+    try:
+        if scenario.action is not None:
+            scenario.action(Live(process, state_dir, tmp_path, ready, go))
+        deadline = time.monotonic() + RUN_BOUND
+        while process.poll() is None:
+            assert time.monotonic() < deadline, f"runner still running after {RUN_BOUND}s"
+            runner = _runner_process(process, scenario)
+            if runner is not None:
+                with contextlib.suppress(psutil.Error):
+                    peak_rss = max(peak_rss, runner.memory_info().rss / 2**20)
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return Finished(
+        process.returncode,
+        stdout_path,
+        stderr_path.read_text(errors="replace"),
+        state_dir,
+        tmp_path,
+        peak_rss,
+        time.monotonic() - started,
+        endpoint,
+    )
+
+
+def _verify(scenario: Scenario, done: Finished) -> None:
+    printed = done.printed
+    assert (printed["reason"], printed["exit_code"]) == (scenario.reason, scenario.exit_code), (
+        done.stderr[-3000:]
+    )
+    assert done.returncode == scenario.exit_code
+    if scenario.signal is not None:
+        assert printed["signal"] == scenario.signal
+    assert not re.search(r'File "[^"]*devops/skypilot/', done.stderr), (
+        f"traceback through skyguard's code:\n{done.stderr[-3000:]}"
+    )
+    assert TOKEN not in done.stderr, "a webhook secret reached the runner's output"
+    assert 0 < done.peak_rss_mb < RSS_BOUND_MB, f"runner RSS peaked at {done.peak_rss_mb:.0f} MB"
+    if scenario.history is not None:
+        on_disk = done.on_disk
+        assert len(on_disk["history"]) == scenario.history
+        if scenario.seed == "attempt":
+            assert on_disk["history"][0] == SEED.to_json()
+        if scenario.history > 1 or scenario.seed != "attempt":
+            expected = (scenario.reason, scenario.exit_code)
+            assert (on_disk["reason"], on_disk["exit_code"]) == expected
+    if scenario.check is not None:
+        scenario.check(done)
