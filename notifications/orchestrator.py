@@ -39,6 +39,12 @@ from notifications.notifier import (
 )
 
 logger = logging.getLogger(__name__)
+#: A channel nobody configured is not news: skipped sends only show with debug logging.
+_LOG_LEVELS = {
+    DeliveryStatus.SENT: logging.INFO,
+    DeliveryStatus.SKIPPED: logging.DEBUG,
+    DeliveryStatus.FAILED: logging.WARNING,
+}
 
 DEFAULT_DEADLINE = 20.0
 STATE_FILE = "notifications.json"
@@ -338,7 +344,5 @@ class Orchestrator:
 
     def _log(self, event: Event, delivery: Delivery) -> None:
         what = f"{event.phase.value}/{event.reason.value if event.reason else '-'}"
-        if delivery.status is DeliveryStatus.FAILED:
-            logger.warning("notification %s: %s", what, delivery.line())
-        else:
-            logger.info("notification %s: %s", what, delivery.line())
+        level = _LOG_LEVELS[delivery.status]
+        logger.log(level, "notification %s: %s", what, delivery.line())
