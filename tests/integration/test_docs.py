@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from devops.skypilot import reference
 from tests.conftest import PYTHON, REPO, TRAIN, SkyguardRunner
 
@@ -61,3 +63,16 @@ def test_demo_command_shows_a_detected_hang(skyguard: SkyguardRunner) -> None:
     assert "train: hanging" in result.stdout
     assert "process tree empty" in result.stderr
     assert result.record["reason"] == "heartbeat_timeout"
+
+
+def test_readme_heartbeat_snippet_beats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training-loop snippet, run as shown with a stand-in loader and step."""
+    block = README.split("In the training loop, one line")[1].split("```python\n")[1]
+    snippet = block.split("```")[0]
+    heartbeat_file = tmp_path / "heartbeat"
+    monkeypatch.setenv("SKYGUARD_HEARTBEAT_FILE", str(heartbeat_file))
+    from devops.skypilot import heartbeat
+
+    monkeypatch.setattr(heartbeat, "_default", None)
+    exec(snippet, {"loader": range(3), "train_step": lambda batch: 0.0})
+    assert heartbeat_file.exists()
