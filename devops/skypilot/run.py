@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -82,6 +83,11 @@ class Runner:
         self._warn_if_local_state()
         history = self.state.load_history()
         abandoned = self.state.take_abandoned()
+        if abandoned is not None and abandoned.runner_alive():
+            raise ConfigError(
+                f"state dir {config.state_dir} is in use by another runner "
+                f"(pid {abandoned.pid}): give each node and each run its own"
+            )
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
@@ -239,7 +245,16 @@ class Runner:
 
     def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
         try:
-            self.state.checkpoint(RunningAttempt(ctx.attempt, ctx.started_at, elapsed, utc_now()))
+            self.state.checkpoint(
+                RunningAttempt(
+                    ctx.attempt,
+                    ctx.started_at,
+                    elapsed,
+                    utc_now(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)

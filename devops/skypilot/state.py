@@ -19,11 +19,14 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from devops.skypilot.termination import EXIT_RETRY, Termination, TerminationReason
 
@@ -71,6 +74,19 @@ class RunningAttempt:
     #: Seconds run so far, as of the last checkpoint.
     elapsed: float
     checkpointed_at: str
+    #: The runner that wrote it, so a second runner on the same state dir is refused.
+    host: str = ""
+    pid: int = 0
+
+    def runner_alive(self) -> bool:
+        """Whether the runner that wrote this checkpoint still runs (on this host)."""
+        if self.host != socket.gethostname() or self.pid in (0, os.getpid()):
+            return False
+        try:
+            cmdline = " ".join(psutil.Process(self.pid).cmdline())
+        except psutil.Error:
+            return False
+        return "skyguard" in cmdline or "devops.skypilot" in cmdline
 
 
 class StateDir:
@@ -133,6 +149,8 @@ class StateDir:
                 started_at=str(data["started_at"]),
                 elapsed=float(data["elapsed"]),
                 checkpointed_at=str(data["checkpointed_at"]),
+                host=str(data.get("host", "")),
+                pid=int(data.get("pid", 0)),
             )
         except (ValueError, KeyError, TypeError) as error:
             aside = self._set_aside(path)

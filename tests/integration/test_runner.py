@@ -6,6 +6,7 @@ broken runner from hanging the suite.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -302,3 +303,24 @@ def test_lost_state_dir_still_exits_with_the_decided_code(
     assert "could not write" in stderr
     # The heartbeat file lived there too; the record still reaches the job log.
     assert '"reason": "heartbeat_unreadable"' in stderr and "errno 20" in stderr
+
+
+def test_second_runner_on_the_same_state_dir_is_refused(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = skyguard.start(["--state-dir", str(state), "--", *train("--steps", "100000")])
+    try:
+        wait_for(lambda: (state / "attempt.json").exists())
+        second = skyguard.run(child("exit", "0"), state_dir=state)
+        assert second.returncode == 2
+        assert "is in use by another runner" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 75, stderr
+    history = json.loads((state / "termination.json").read_text())["history"]
+    assert [item["attempt"] for item in history] == [1]  # the refused runner wrote nothing
