@@ -771,11 +771,6 @@ class CoordinationObserver(RunObserver):
         """Only the head notifies people; it sees every node's end."""
         return self.coordinator.is_head
 
-    @property
-    def peer_decision(self) -> NodeEnd | None:
-        """The decision that stopped this node, for :func:`align_decision`."""
-        return self.coordinator.decision
-
     def on_start(self, ctx: JobContext) -> None:
         self.coordinator.start()
 

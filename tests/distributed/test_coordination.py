@@ -284,7 +284,7 @@ def test_an_end_before_the_command_started_still_reaches_the_workers(tmp_path: P
             time.sleep(0.01)
         assert verdict is not None and verdict.reason is TerminationReason.PEER_FAILED
         assert verdict.detail.startswith("node 0 ended: max_runtime_reached (exit 124)")
-        assert worker[0].peer_decision == spent
+        assert worker[0].coordinator.decision == spent
     finally:
         head[0].close()
         worker[0].close()
