@@ -25,6 +25,9 @@ from notifications.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
 
+#: Share of the deadline the start notification may use.
+START_SHARE = 0.25
+
 
 class NotificationObserver(RunObserver):
     def __init__(
@@ -64,9 +67,12 @@ class NotificationObserver(RunObserver):
         if not self.config.enabled:
             return
         self.orchestrator.warm_up(ctx.node_rank)
+        # The start matters less than the end: it may use only a share of the
+        # deadline, so a job that fails at once still has time to say so.
+        start_deadline = time.monotonic() + self.orchestrator.deadline * START_SHARE
         starting = threading.Thread(
             target=self._notify,
-            args=(ctx, Phase.STARTED, None, None),
+            args=(ctx, Phase.STARTED, None, start_deadline),
             name="notify-started",
             daemon=True,
         )
@@ -79,7 +85,9 @@ class NotificationObserver(RunObserver):
 
     def on_end(self, ctx: JobContext, termination: Termination) -> None:
         # One budget for the whole exit: waiting for a slow start notification
-        # (only in jobs shorter than the deadline) leaves less for the end.
+        # (only in jobs shorter than START_SHARE of the deadline) leaves less for
+        # the end, never less than 1 - START_SHARE of it. The wait keeps a late
+        # `pending` from overwriting the final GitHub status.
         deadline_at = time.monotonic() + self.orchestrator.deadline
         self.wait_started(deadline_at - time.monotonic())
         self._notify(ctx, phase_for(termination), termination, deadline_at)
