@@ -56,6 +56,8 @@ from typing import Any
 
 import psutil
 
+from devops.skypilot.state import write_json_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "distributed.json"
 
@@ -650,7 +652,7 @@ def main() -> int:
         "notes": notes,
         "rows": rows,
     }
-    write_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result)
     print(
         f"Distributed jobs ({result['date']}, {result['machine']}, "
         f"load {result['load_average_1m']:.1f})\n"
@@ -664,20 +666,6 @@ def main() -> int:
     for note in notes:
         print(f"\n{note}")
     return 0
-
-
-def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(temp, 0o644)  # mkstemp makes it private; results are for everyone
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from devops.skypilot.state import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "notifications_overhead.json"
@@ -442,7 +443,7 @@ def main() -> int:
         "repeats": args.repeats,
         "rows": rows,
     }
-    write_atomically(RESULTS, result)
+    write_json_atomic(RESULTS, result)
     print(
         f"Notification overhead at the runner's exit ({result['date']}, {result['machine']}, "
         f"load {result['load_average_1m']:.1f})\n"
@@ -457,20 +458,6 @@ def main() -> int:
     if leftovers:
         print(f"\nprocesses that outlived the runner (killed): {leftovers}")
     return 0
-
-
-def write_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(temp, 0o644)  # mkstemp makes it private; results are for everyone
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Repeats each scenario and reports median and spread; writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+
+from devops.skypilot.state import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "runner_latency.json"
@@ -166,10 +167,7 @@ def main() -> int:
         ),
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temp = RESULTS.with_suffix(".tmp")
-    temp.write_text(json.dumps(result, indent=2) + "\n")
-    temp.replace(RESULTS)
+    write_json_atomic(RESULTS, result)
     print(f"Runner latency ({result['date']}, {result['machine']})\n")
     print("| measure | median | min | max | n |\n|---|---|---|---|---|")
     for row in rows:
