@@ -68,11 +68,8 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
 
     Binds the head node's coordination port, so a taken port fails before anything starts.
     """
-    from devops.skypilot.coordination import (
-        CoordinationConfig,
-        CoordinationError,
-        coordination_from_env,
-    )
+    from devops.skypilot.coordination import coordination_from_env
+    from devops.skypilot.coordination_protocol import CoordinationConfig, CoordinationError
     from notifications import ConfigError as NotifyConfigError
     from notifications import NotificationObserver
 
@@ -110,8 +107,9 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
 def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
     def preflight() -> Verdict | None:
         from devops.skypilot import nccl
+        from devops.skypilot.nccl_checks import PreflightOptions
 
-        options = nccl.PreflightOptions(
+        options = PreflightOptions(
             timeout=config.preflight_timeout,
             min_busbw_gbps=config.preflight_min_busbw,
             json_path=config.state_dir / nccl.RESULT_FILE,

@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from devops.skypilot.config import ConfigError, parse_count, parse_duration
+from devops.skypilot.git_state import GitCheckError, workdir_source
 from devops.skypilot.termination import EXIT_CONFIG_ERROR
 
 logger = logging.getLogger(__name__)
@@ -320,67 +320,6 @@ def _count(flag: str, value: str, minimum: int = 1) -> int:
     return count
 
 
-# ---------------------------------------------------------------- git
-
-
-def _git(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["git", *argv], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
-        )
-    except FileNotFoundError:
-        raise LaunchError("git is not installed (or pass --skip-git-check)") from None
-
-
-def git_toplevel(cwd: Path) -> Path | None:
-    result = _git(cwd, "rev-parse", "--show-toplevel")
-    return Path(result.stdout.strip()) if result.returncode == 0 else None
-
-
-def check_git(repo: Path, ref: str | None, skip_check: bool) -> tuple[str | None, str | None]:
-    """Resolve the commit to run and where its code comes from.
-
-    Returns ``(commit, remote_url)``: ``remote_url`` is set when ``ref`` is not the
-    checked-out commit, so the nodes must fetch it instead of the local tree.
-    """
-    head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    if head.returncode != 0:
-        if ref is not None:
-            raise LaunchError(f"--git-ref {ref}: {repo} has no commits")
-        if skip_check:
-            return None, None
-        raise LaunchError(f"{repo} has no commits yet: commit first or pass --skip-git-check")
-    head_commit = head.stdout.strip()
-    commit = head_commit
-    if ref is not None:
-        resolved = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-        if resolved.returncode != 0:
-            raise LaunchError(f"--git-ref {ref}: not a commit in {repo}")
-        commit = resolved.stdout.strip()
-    remote_url = None
-    if commit != head_commit:
-        url = _git(repo, "remote", "get-url", "origin")
-        if url.returncode != 0:
-            raise LaunchError(f"--git-ref {ref}: no 'origin' remote to fetch it from")
-        remote_url = url.stdout.strip()
-    if skip_check:
-        return commit, remote_url
-    if remote_url is None:
-        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
-        changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
-        if changed:
-            raise LaunchError(
-                f"working tree has uncommitted changes ({len(changed)} file(s), e.g. "
-                f"{changed[0]}): commit them or pass --skip-git-check"
-            )
-    pushed = _git(repo, "branch", "--remotes", "--contains", commit)
-    if pushed.returncode != 0 or not pushed.stdout.strip():
-        raise LaunchError(
-            f"commit {commit[:12]} is not on any remote branch: push it or pass --skip-git-check"
-        )
-    return commit, remote_url
-
-
 # ---------------------------------------------------------------- the task config
 
 
@@ -428,26 +367,6 @@ def _resources_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     return resources
 
 
-def _source(
-    args: argparse.Namespace, cwd: Path
-) -> tuple[Path, str | Mapping[str, str], str | None]:
-    """The local workdir, what the nodes get (the path, or a git url + commit), the commit."""
-    if args.workdir is not None:
-        workdir = Path(args.workdir).expanduser().resolve()
-        if not workdir.is_dir():
-            raise LaunchError(f"--workdir {args.workdir}: not a directory")
-    else:
-        workdir = git_toplevel(cwd) or cwd
-    if git_toplevel(workdir) is None:
-        if args.skip_git_check and args.git_ref is None:
-            return workdir, str(workdir), None
-        raise LaunchError(f"{workdir} is not a git repository: pass --skip-git-check")
-    commit, remote_url = check_git(workdir, args.git_ref, args.skip_git_check)
-    if remote_url is not None and commit is not None:
-        return workdir, {"url": remote_url, "ref": commit}, commit
-    return workdir, str(workdir), commit
-
-
 def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> LaunchRequest:
     """Check every flag; raises :class:`LaunchError` naming the first problem."""
     command = list(args.command or [])
@@ -483,7 +402,12 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Pat
     resources = _resources_from_flags(args)
     num_nodes = _count("--nodes", args.nodes) if args.nodes is not None else None
 
-    workdir, workdir_spec, commit = _source(args, cwd)
+    try:
+        workdir, workdir_spec, commit = workdir_source(
+            args.workdir, args.git_ref, args.skip_git_check, cwd
+        )
+    except GitCheckError as error:
+        raise LaunchError(str(error)) from None
     recipe = Path(args.recipe).expanduser() if args.recipe else workdir / "recipes" / "job.yaml"
     if not recipe.is_file():
         raise LaunchError(f"no recipe at {recipe}: pass --recipe PATH")

@@ -45,11 +45,8 @@ def _stdin_commands() -> queue.Queue[dict[str, Any]]:
 
 
 def child_main(argv: list[str]) -> int:
-    from devops.skypilot.coordination import (
-        CoordinationConfig,
-        CoordinationError,
-        coordination_from_env,
-    )
+    from devops.skypilot.coordination import coordination_from_env
+    from devops.skypilot.coordination_protocol import CoordinationConfig, CoordinationError
     from devops.skypilot.environment import from_env
     from devops.skypilot.lifecycle import JobContext
     from devops.skypilot.termination import (

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot import coordination
-from devops.skypilot.coordination import (
+from devops.skypilot import coordination_head, coordination_protocol
+from devops.skypilot.coordination import coordination_from_env
+from devops.skypilot.coordination_protocol import (
     SECRET_VAR,
     SIGNATURE_HEADER,
     CoordinationConfig,
     CoordinationError,
     NodeEnd,
-    coordination_from_env,
+    coordination_secret,
     peer_failed_verdict,
     task_token,
 )
@@ -150,7 +151,7 @@ def test_a_worker_with_the_wrong_secret_learns_nothing_from_the_head(cluster: Cl
 
 
 def _sign(token: bytes, method: str, target: str, body: bytes) -> str:
-    return coordination._sign(token, f"{method} {target}".encode(), body)
+    return coordination_protocol.sign(token, f"{method} {target}".encode(), body)
 
 
 def _send(
@@ -305,19 +306,17 @@ def test_the_derived_secret_is_shared_by_the_nodes_of_one_allocation() -> None:
     head = from_env({**base, "SKYPILOT_NODE_RANK": "0"})
     worker = from_env({**base, "SKYPILOT_NODE_RANK": "1"})
     other = from_env({**base, "SKYPILOT_NODE_RANK": "1", "SKYPILOT_TASK_ID": "u"})
-    assert coordination.coordination_secret({}, head) == coordination.coordination_secret(
-        {}, worker
-    )
-    assert coordination.coordination_secret({}, head)[1] is True
-    assert coordination.coordination_secret({}, head) != coordination.coordination_secret({}, other)
-    assert coordination.coordination_secret({SECRET_VAR: "x"}, head) == (b"x", False)
+    assert coordination_secret({}, head) == coordination_secret({}, worker)
+    assert coordination_secret({}, head)[1] is True
+    assert coordination_secret({}, head) != coordination_secret({}, other)
+    assert coordination_secret({SECRET_VAR: "x"}, head) == (b"x", False)
 
 
 # --------------------------------------------------------------------------- pure parts
 
 
 def test_first_decision_wins_and_successes_decide_nothing() -> None:
-    board = coordination._Board()
+    board = coordination_head._Board()
     done = NodeEnd(3, TerminationReason.COMPLETED, 0, "command exited 0")
     first = NodeEnd(
         1, TerminationReason.NCCL_ERROR, 75, "Watchdog caught collective operation timeout"
@@ -367,7 +366,7 @@ def test_malformed_ends_are_refused(data: object) -> None:
 
 def test_an_end_report_always_fits_the_message_limit() -> None:
     end = NodeEnd(1, TerminationReason.CUDA_ERROR, 75, "\u00e9\u4e2d" * 500, "GpuMonitor")
-    body = coordination._fit(end, 4096)
+    body = coordination_protocol.fit(end, 4096)
     assert len(body) <= 4096
     assert NodeEnd.from_json(json.loads(body), num_nodes=2).reason is TerminationReason.CUDA_ERROR
 

@@ -14,7 +14,9 @@ import pytest
 
 from devops.skypilot import nccl
 from devops.skypilot.environment import from_env
-from devops.skypilot.nccl import (
+from devops.skypilot.nccl import parse_size
+from devops.skypilot.nccl_checks import (
+    DEFAULT_MIN_BUSBW_GBPS,
     MIB,
     BandwidthSample,
     CheckResult,
@@ -26,9 +28,9 @@ from devops.skypilot.nccl import (
     bandwidth_sample,
     bus_factor,
     detect_interconnect,
+    format_table,
     iterations_for,
     message_sizes,
-    parse_size,
 )
 from devops.skypilot.termination import EXIT_RETRY, Outcome, TerminationReason, decide
 from tests.conftest import REPO, TAG_VAR
@@ -93,7 +95,7 @@ def test_bad_options_are_rejected(kwargs: dict[str, float], message: str) -> Non
 def test_floors_come_from_the_interconnect_unless_given() -> None:
     assert PreflightOptions().floor_for(Interconnect.INFINIBAND) == 10.0
     assert PreflightOptions(min_busbw_gbps=3.5).floor_for(Interconnect.INFINIBAND) == 3.5
-    assert set(nccl.DEFAULT_MIN_BUSBW_GBPS) == set(Interconnect)
+    assert set(DEFAULT_MIN_BUSBW_GBPS) == set(Interconnect)
 
 
 def test_interconnect_guess_is_conservative(tmp_path: Path) -> None:
@@ -140,7 +142,7 @@ def test_result_survives_json_and_prints_as_a_table() -> None:
         True, (CheckResult("barrier", CheckStatus.PASSED, "every rank arrived", 0.01),)
     )
     assert PreflightResult.from_json(json.loads(json.dumps(result.to_json()))) == result
-    table = nccl.format_table(result)
+    table = format_table(result)
     assert "algbw(GB/s)" in table and "busbw(GB/s)" in table
     assert "1048576" in table and "not measured (time budget)" in table
     assert "PASSED in 1.5s inside the ranks; cost 2.5s wall" in table
@@ -321,7 +323,7 @@ def test_two_fake_nodes_agree_through_run_preflight(tagged: str, tmp_path: Path)
         thread.join(timeout=120)
     assert set(results) == {0, 1}
     for result in results.values():
-        assert result.passed, nccl.format_table(result)
+        assert result.passed, format_table(result)
         assert result.world_size == 2 and result.cost_seconds is not None
     assert [s.size_bytes for s in results[0].bandwidth] == [
         s.size_bytes for s in results[1].bandwidth
