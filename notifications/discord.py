@@ -23,8 +23,6 @@ from notifications.notifier import (
     Notifier,
     Secret,
     clean_text,
-    delivery_from_error,
-    delivery_from_response,
     format_duration,
     post_json,
 )
@@ -157,17 +155,11 @@ class DiscordNotifier(Notifier):
         url = self.settings.webhook_url
         if url is None:
             return Delivery.skipped(self.name, "no webhook URL")
-        from requests import RequestException
-
-        try:
-            response = post_json(
-                url.reveal(),
-                build_payload(event, self.settings.username),
-                headers={"User-Agent": "skyguard"},
-                timeouts=self.settings.timeouts,
-                deadline=deadline,
-            )
-        except RequestException as exc:
-            return delivery_from_error(self.name, exc)
-        with response:
-            return delivery_from_response(self.name, response)
+        return post_json(
+            self.name,
+            url.reveal(),
+            build_payload(event, self.settings.username),
+            headers={"User-Agent": "skyguard"},
+            timeouts=self.settings.timeouts,
+            deadline=deadline,
+        )

@@ -19,8 +19,6 @@ from notifications.notifier import (
     Notifier,
     Secret,
     clean_text,
-    delivery_from_error,
-    delivery_from_response,
     format_duration,
     post_json,
 )
@@ -104,25 +102,19 @@ class GitHubNotifier(Notifier):
         if event.links.target_url:
             payload["target_url"] = event.links.target_url
         url = f"{self.settings.api_url.rstrip('/')}/repos/{repo}/statuses/{sha}"
-        from requests import RequestException
-
-        try:
-            response = post_json(
-                url,
-                payload,
-                headers={
-                    "Authorization": f"Bearer {token.reveal()}",
-                    "Accept": "application/vnd.github+json",
-                    "X-GitHub-Api-Version": API_VERSION,
-                    "User-Agent": "skyguard",
-                },
-                timeouts=self.settings.timeouts,
-                deadline=deadline,
-            )
-        except RequestException as exc:
-            return delivery_from_error(self.name, exc)
-        with response:
-            delivery = delivery_from_response(self.name, response)
+        delivery = post_json(
+            self.name,
+            url,
+            payload,
+            headers={
+                "Authorization": f"Bearer {token.reveal()}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "skyguard",
+            },
+            timeouts=self.settings.timeouts,
+            deadline=deadline,
+        )
         if delivery.ok:
             return Delivery.sent(
                 self.name, f"{payload['state']} on {sha[:12]} ({payload['context']})"

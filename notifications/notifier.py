@@ -322,22 +322,29 @@ MAX_ERROR_TEXT = 200
 
 
 def post_json(
+    channel: str,
     url: str,
     payload: Mapping[str, Any],
     *,
     headers: Mapping[str, str],
     timeouts: HttpTimeouts,
     deadline: float | None,
-) -> requests.Response:
+) -> Delivery:
+    """POST ``payload`` as JSON and say how it went: sent, transient failure or final one."""
     import requests
 
-    return requests.post(
-        url,
-        json=payload,
-        headers=dict(headers),
-        timeout=timeouts.within(deadline),
-        allow_redirects=False,
-    )
+    try:
+        response = requests.post(
+            url,
+            json=payload,
+            headers=dict(headers),
+            timeout=timeouts.within(deadline),
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        return delivery_from_error(channel, exc)
+    with response:
+        return delivery_from_response(channel, response)
 
 
 def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
