@@ -691,15 +691,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
 
 
-def _script_main(argv: Sequence[str] | None = None) -> int:
-    from devops.skypilot.cli import OneLineParser
-
-    parser = OneLineParser(
-        prog="skyguard launch", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    add_arguments(parser)
-    return main(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(_script_main())
+    from devops.skypilot.cli import main as cli_main
+
+    sys.exit(cli_main(["launch", *sys.argv[1:]]))

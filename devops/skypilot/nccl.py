@@ -336,14 +336,8 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_SUCCESS
 
 
-def _cli(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m devops.skypilot.nccl", description="NCCL / gloo preflight"
-    )
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return main(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(_cli())
+    # Also the torchrun worker's entry (see _module_command).
+    from devops.skypilot.cli import main as cli_main
+
+    sys.exit(cli_main(["nccl-check", *sys.argv[1:]]))
