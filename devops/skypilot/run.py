@@ -41,6 +41,7 @@ from devops.skypilot.termination import (
     TerminationReason,
     Verdict,
     decide,
+    shell_exit_code,
     signal_name,
 )
 
@@ -313,8 +314,7 @@ class ChildEnd:
         code = process.returncode
         if code is None:
             return cls(None, None)
-        exit_code = 128 - code if code < 0 else code
-        return cls(exit_code, signal_name(-code) if code < 0 else None)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
 
 
 def filesystem_type(path: Path) -> str:

@@ -168,13 +168,15 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def shell_exit_code(returncode: int) -> int:
+    """``Popen.returncode`` as a shell reports it: 128+N for signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def child_exit_code(returncode: int) -> int:
-    """The exit code a shell would report: 128+N for a signal, 75 remapped."""
-    if returncode < 0:
-        return 128 - returncode
-    if returncode == EXIT_RETRY:
-        return EXIT_REMAPPED_RETRY
-    return returncode
+    """The runner's exit code for the command's own failure: as a shell, 75 remapped."""
+    code = shell_exit_code(returncode)
+    return EXIT_REMAPPED_RETRY if code == EXIT_RETRY else code
 
 
 def exit_code_for(reason: TerminationReason, child_returncode: int | None) -> int:
@@ -298,10 +300,6 @@ class Termination:
     duration: float
     node_rank: int
     task_id: str
-
-    @property
-    def retrying(self) -> bool:
-        return self.exit_code == EXIT_RETRY
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
