@@ -56,7 +56,7 @@ from typing import Any
 
 import psutil
 
-from devops.skypilot.state import write_json_atomic
+from devops.skypilot.node.state import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "distributed.json"
@@ -178,7 +178,8 @@ def runner_argv(state: Path, options: Sequence[str], command: Sequence[str]) -> 
     return [
         sys.executable,
         "-m",
-        "devops.skypilot.run",
+        "devops.skypilot",
+        "run",
         "--state-dir",
         str(state),
         "--grace",
@@ -400,7 +401,7 @@ def nccl_trial(tmp: Path) -> dict[str, float]:
     argv = [
         sys.executable,
         "-m",
-        "devops.skypilot.cli",  # what the `skyguard` console script runs
+        "devops.skypilot",  # what the `skyguard` console script runs
         "nccl-check",
         "--nproc",
         "2",

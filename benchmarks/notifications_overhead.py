@@ -48,7 +48,7 @@ from typing import Any
 
 import psutil
 
-from devops.skypilot.state import write_json_atomic
+from devops.skypilot.node.state import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "notifications_overhead.json"
@@ -199,7 +199,8 @@ def run_trial(tmp: Path, command: str, extra_env: Mapping[str, str]) -> Trial:
     argv = [
         sys.executable,
         "-m",
-        "devops.skypilot.run",
+        "devops.skypilot",
+        "run",
         "--state-dir",
         str(tmp / "state"),
         "--",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from devops.skypilot.state import write_json_atomic
+from devops.skypilot.node.state import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "runner_latency.json"
@@ -50,7 +50,16 @@ while True:
 
 
 def runner_argv(state: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "devops.skypilot.run", "--state-dir", str(state), *options, "--"]
+    return [
+        sys.executable,
+        "-m",
+        "devops.skypilot",
+        "run",
+        "--state-dir",
+        str(state),
+        *options,
+        "--",
+    ]
 
 
 def run_runner(argv: list[str]) -> tuple[dict[str, float], float, str]:

@@ -13,10 +13,10 @@ import shutil
 import sys
 
 from devops.skypilot.cli import build_parser
-from devops.skypilot.config import build_config
-from devops.skypilot.monitors.base import Monitor
-from devops.skypilot.run import Runner, RunnerExtensions
-from devops.skypilot.termination import TerminationReason, Verdict
+from devops.skypilot.common.termination import TerminationReason, Verdict
+from devops.skypilot.node.config import build_config
+from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.runner import Runner, RunnerExtensions
 
 
 class DiskSpaceMonitor(Monitor):

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from devops.skypilot.lifecycle import Phase
-from devops.skypilot.termination import EXIT_CONFIG_ERROR, TerminationReason
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, TerminationReason
 from notifications.config import CHANNELS, ConfigError, NotificationConfig
 from notifications.notifier import Delivery, DeliveryStatus, Event, Level
 

@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from notifications.discord import DiscordNotifier, DiscordSettings
-from notifications.github import DEFAULT_API_URL, GitHubNotifier, GitHubSettings
-from notifications.notifier import HttpTimeouts, Links, Notifier, Secret, is_http_url
+from notifications.channels.discord import DiscordNotifier, DiscordSettings
+from notifications.channels.github import DEFAULT_API_URL, GitHubNotifier, GitHubSettings
+from notifications.channels.wandb import MODES, WandbNotifier, WandbSettings
+from notifications.http import HttpTimeouts, is_http_url
+from notifications.notifier import Links, Notifier
 from notifications.orchestrator import DEFAULT_DEADLINE, Orchestrator, RetrySettings
-from notifications.wandb import MODES, WandbNotifier, WandbSettings
+from notifications.secrets import Secret
 
 CHANNELS = ("discord", "github", "wandb")
 

@@ -13,111 +13,18 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, ClassVar
 
-from devops.skypilot.lifecycle import Phase
-from devops.skypilot.termination import TerminationReason
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason
+from notifications.secrets import Redactor
 
 if TYPE_CHECKING:  # requests costs the runner's start-up ~0.1 s: loaded on first send
-    import requests
+    pass
 
 logger = logging.getLogger(__name__)
-
-REDACTED = "***"
-
-
-@dataclass(frozen=True, repr=False)
-class Secret:
-    """A credential. ``repr``/``str`` show ``***``; only :meth:`reveal` gives the value."""
-
-    _value: str
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret('{REDACTED}')"
-
-    __str__ = __repr__
-
-
-def secret_fragments(value: str) -> tuple[str, ...]:
-    """The forms a secret can show up in: a URL's path, say, appears alone in logs."""
-    fragments = {value}
-    parts = urlsplit(value)
-    if parts.scheme and parts.netloc:
-        fragments.add(value.split("://", 1)[1])
-        path_query = parts.path + (f"?{parts.query}" if parts.query else "")
-        fragments.update({parts.path, path_query})
-        fragments.update(segment for segment in parts.path.split("/") if len(segment) >= 16)
-    # Short fragments ("/", "") would redact harmless text everywhere.
-    return tuple(sorted((f for f in fragments if len(f) >= 8), key=len, reverse=True))
-
-
-class Redactor:
-    """Replaces every known secret (and its URL fragments) in a text with ``***``."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        fragments: set[str] = set()
-        for value in secrets:
-            fragments.update(secret_fragments(value))
-        self._fragments = tuple(sorted(fragments, key=len, reverse=True))
-
-    @property
-    def fragments(self) -> tuple[str, ...]:
-        return self._fragments
-
-    def __call__(self, text: str) -> str:
-        for fragment in self._fragments:
-            text = text.replace(fragment, REDACTED)
-        return text
-
-    def __bool__(self) -> bool:
-        return bool(self._fragments)
-
-
-class SecretLogFilter(logging.Filter):
-    """Rewrites log records that contain a secret; attached to urllib3's loggers."""
-
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.redactor(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, SecretLogFilter)
-            and self.redactor.fragments == other.redactor.fragments
-        )
-
-    def __hash__(self) -> int:
-        return hash(self.redactor.fragments)
-
-
-#: urllib3 logs "POST /api/webhooks/<id>/<token>" at DEBUG. Filters on a logger do
-#: not apply to records propagated from its children, so each logger is named.
-_HTTP_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
-
-
-def protect_secrets(redactor: Redactor) -> None:
-    """Keep these secrets out of the HTTP stack's logs (idempotent)."""
-    if not redactor:
-        return
-    log_filter = SecretLogFilter(redactor)
-    for name in _HTTP_LOGGERS:
-        http_logger = logging.getLogger(name)
-        if log_filter not in http_logger.filters:
-            http_logger.addFilter(log_filter)
 
 
 @dataclass(frozen=True)
@@ -298,142 +205,8 @@ class Notifier(ABC):
         return replace(delivery, detail=redactor(delivery.detail))
 
 
-# --- HTTP, shared by the webhook-style channels -------------------------------------------
-
-
-@dataclass(frozen=True)
-class HttpTimeouts:
-    """requests' (connect, read) timeouts; a deadline shortens them."""
-
-    connect: float = 3.05
-    read: float = 10.0
-
-    def within(self, deadline: float | None) -> tuple[float, float]:
-        if deadline is None:
-            return self.connect, self.read
-        left = max(0.001, deadline - time.monotonic())
-        return min(self.connect, left), min(self.read, left)
-
-
-#: Statuses another try may fix besides 5xx: rate limits and request timeouts.
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
 #: How much of a server's error message a delivery keeps.
 MAX_ERROR_TEXT = 200
-
-
-def post_json(
-    channel: str,
-    url: str,
-    payload: Mapping[str, Any],
-    *,
-    headers: Mapping[str, str],
-    timeouts: HttpTimeouts,
-    deadline: float | None,
-) -> Delivery:
-    """POST ``payload`` as JSON and say how it went: sent, transient failure or final one."""
-    import requests
-
-    try:
-        response = requests.post(
-            url,
-            json=payload,
-            headers=dict(headers),
-            timeout=timeouts.within(deadline),
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        return delivery_from_error(channel, exc)
-    with response:
-        return delivery_from_response(channel, response)
-
-
-def _json_body(response: requests.Response) -> Mapping[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, Mapping) else None
-
-
-def retry_after(response: requests.Response) -> float | None:
-    """Seconds to wait: Discord's JSON ``retry_after``, else the ``Retry-After`` header."""
-    body = _json_body(response)
-    candidates: list[object] = [body.get("retry_after") if body else None]
-    candidates.append(response.headers.get("Retry-After"))
-    for value in candidates:
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if seconds >= 0:
-            return seconds
-    return None
-
-
-def describe_response(response: requests.Response) -> str:
-    """``HTTP 422: No commit found for SHA`` from the API's JSON ``message``, if any."""
-    body = _json_body(response)
-    message = body.get("message") if body else None
-    text = f"HTTP {response.status_code}"
-    if isinstance(message, str) and message.strip():
-        text += ": " + " ".join(message.split())[:MAX_ERROR_TEXT]
-    return text
-
-
-def is_transient(response: requests.Response) -> bool:
-    status = response.status_code
-    if status >= 500 or status in TRANSIENT_STATUSES:
-        return True
-    # GitHub answers its secondary rate limit with 403 and a Retry-After header.
-    return status == 403 and (
-        "Retry-After" in response.headers or response.headers.get("X-RateLimit-Remaining") == "0"
-    )
-
-
-def delivery_from_response(channel: str, response: requests.Response) -> Delivery:
-    """Turn an HTTP answer into a delivery: 2xx sent, 429/5xx transient, other 4xx final."""
-    if 200 <= response.status_code < 300:
-        return Delivery.sent(channel, f"HTTP {response.status_code}")
-    transient = is_transient(response)
-    return Delivery.failed(
-        channel,
-        describe_response(response),
-        transient=transient,
-        retry_after=retry_after(response) if transient else None,
-    )
-
-
-def describe_request_error(exc: requests.RequestException) -> str:
-    """A safe one-liner; requests' own messages quote the URL, so they are not used."""
-    import requests
-
-    if isinstance(exc, requests.ConnectTimeout):
-        kind = "connect timed out"
-    elif isinstance(exc, requests.Timeout):
-        kind = "no answer in time (read timeout)"
-    elif isinstance(exc, requests.ConnectionError):
-        kind = "connection failed"
-    else:
-        kind = type(exc).__name__
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return f"{kind}: {cause.strerror}"
-        cause = cause.__cause__ or cause.__context__
-    return kind
-
-
-def delivery_from_error(channel: str, exc: requests.RequestException) -> Delivery:
-    """Network errors are worth another try; a request we could not even build is not."""
-    import requests
-
-    transient = isinstance(exc, requests.ConnectionError | requests.Timeout)
-    return Delivery.failed(channel, describe_request_error(exc), transient=transient)
-
-
-def is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -17,8 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from devops.skypilot.lifecycle import JobContext, Phase, RunObserver, phase_for
-from devops.skypilot.termination import Termination
+from devops.skypilot.common.lifecycle import JobContext, Phase, RunObserver, phase_for
+from devops.skypilot.common.termination import Termination
 from notifications.config import NotificationConfig
 from notifications.notifier import Delivery, Event
 from notifications.orchestrator import Orchestrator

@@ -26,17 +26,10 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 from tenacity.stop import stop_base
 
-from devops.skypilot.lifecycle import Phase
-from devops.skypilot.termination import TerminationReason as R
-from notifications.notifier import (
-    Delivery,
-    DeliveryStatus,
-    Event,
-    Level,
-    Notifier,
-    Redactor,
-    protect_secrets,
-)
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason as R
+from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Notifier
+from notifications.secrets import Redactor, protect_secrets
 
 logger = logging.getLogger(__name__)
 #: A channel nobody configured is not news: skipped sends only show with debug logging.
@@ -50,7 +43,7 @@ DEFAULT_DEADLINE = 20.0
 STATE_FILE = "notifications.json"
 
 #: How loud each way a job can be is. The keys are every (phase, reason) pair
-#: :func:`devops.skypilot.lifecycle.phase_for` produces; a test keeps it complete.
+#: :func:`devops.skypilot.common.lifecycle.phase_for` produces; a test keeps it complete.
 ROUTES: Mapping[tuple[Phase, R | None], Level] = {
     (Phase.STARTED, None): Level.STATUS,
     (Phase.SUCCEEDED, R.COMPLETED): Level.INFO,

@@ -53,7 +53,7 @@ digest=$(
 stamp=$env_dir/.skyguard-installed
 
 # Checked from / so the workdir's own devops/ does not shadow the installed one.
-installed() { (cd / && "$python" -c 'import devops.skypilot.run' >/dev/null 2>&1) && [ -x "$env_dir/bin/skyguard" ]; }
+installed() { (cd / && "$python" -c 'import devops.skypilot.node.runner' >/dev/null 2>&1) && [ -x "$env_dir/bin/skyguard" ]; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && installed; then
   say "skyguard already installed in $env_dir"
   exit 0

@@ -61,7 +61,7 @@ class RunResult:
 
 @dataclass
 class SkyguardRunner:
-    """Starts ``python -m devops.skypilot.run`` for real, with a tagged environment."""
+    """Starts ``python -m devops.skypilot run`` for real, with a tagged environment."""
 
     tmp_path: Path
     tag: str
@@ -73,7 +73,7 @@ class SkyguardRunner:
         return env
 
     def argv(self, args: Sequence[str]) -> list[str]:
-        return [PYTHON, "-m", "devops.skypilot.run", *args]
+        return [PYTHON, "-m", "devops.skypilot", "run", *args]
 
     def start(
         self, args: Sequence[str], env: dict[str, str] | None = None

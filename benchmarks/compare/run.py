@@ -118,7 +118,8 @@ def skyguard_argv(settings: Settings, tmp: Path, worker: list[str]) -> list[str]
     return [
         sys.executable,
         "-m",
-        "devops.skypilot.run",
+        "devops.skypilot",
+        "run",
         "--state-dir",
         str(tmp / "state"),
         "--heartbeat-timeout",

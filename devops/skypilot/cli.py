@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from devops.skypilot.termination import EXIT_CONFIG_ERROR
+from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -24,11 +24,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 #: name -> (module, help). Each module has ``add_arguments(parser)`` and ``main(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("devops.skypilot.run", "run a command under supervision (on each node)"),
-    "launch": ("devops.skypilot.launch", "submit a supervised job to SkyPilot (client side)"),
-    "status": ("devops.skypilot.status", "a job's state and its attempt history"),
+    "run": ("devops.skypilot.node.main", "run a command under supervision (on each node)"),
+    "launch": (
+        "devops.skypilot.client.launch.command",
+        "submit a supervised job to SkyPilot (client side)",
+    ),
+    "status": ("devops.skypilot.client.status", "a job's state and its attempt history"),
     "notify": ("notifications.cli", "send a test notification on each configured channel"),
-    "nccl-check": ("devops.skypilot.nccl", "NCCL/gloo preflight: collectives and bus bandwidth"),
+    "nccl-check": (
+        "devops.skypilot.node.nccl.preflight",
+        "NCCL/gloo preflight: collectives and bus bandwidth",
+    ),
 }
 
 
@@ -57,7 +63,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     status: int = importlib.import_module(args._module).main(args)
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

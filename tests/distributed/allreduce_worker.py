@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from devops.skypilot import heartbeat
-from devops.skypilot.environment import collective_timeout
+from devops.skypilot.node.environment import collective_timeout
 
 
 def main() -> int:

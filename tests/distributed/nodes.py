@@ -45,17 +45,17 @@ def _stdin_commands() -> queue.Queue[dict[str, Any]]:
 
 
 def child_main(argv: list[str]) -> int:
-    from devops.skypilot.coordination import coordination_from_env
-    from devops.skypilot.coordination_protocol import CoordinationConfig, CoordinationError
-    from devops.skypilot.environment import from_env
-    from devops.skypilot.lifecycle import JobContext
-    from devops.skypilot.termination import (
+    from devops.skypilot.common.lifecycle import JobContext
+    from devops.skypilot.common.termination import (
         Decision,
         Outcome,
         Termination,
         TerminationReason,
         decide,
     )
+    from devops.skypilot.node.coordination import coordination_from_env
+    from devops.skypilot.node.coordination.protocol import CoordinationConfig, CoordinationError
+    from devops.skypilot.node.environment import from_env
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--state-dir", type=Path, required=True)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot import coordination_head, coordination_protocol
-from devops.skypilot.coordination import coordination_from_env
-from devops.skypilot.coordination_protocol import (
+from devops.skypilot.common.termination import EXIT_RETRY, Outcome, TerminationReason, decide
+from devops.skypilot.node.coordination import coordination_from_env
+from devops.skypilot.node.coordination import head as coordination_head
+from devops.skypilot.node.coordination import protocol as coordination_protocol
+from devops.skypilot.node.coordination.protocol import (
     SECRET_VAR,
     SIGNATURE_HEADER,
     CoordinationConfig,
@@ -25,8 +27,7 @@ from devops.skypilot.coordination_protocol import (
     peer_failed_verdict,
     task_token,
 )
-from devops.skypilot.environment import SkyPilotEnv, from_env
-from devops.skypilot.termination import EXIT_RETRY, Outcome, TerminationReason, decide
+from devops.skypilot.node.environment import SkyPilotEnv, from_env
 from tests.distributed.nodes import Node
 
 SECRET = "coordination-test-secret-5f1e"

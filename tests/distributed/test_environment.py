@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.environment import (
+from devops.skypilot.node.environment import (
     COLLECTIVE_TIMEOUT_VAR,
     EnvironmentConfigError,
     SkyPilotEnv,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from devops.skypilot.monitors.gpu import DEFAULT_IGNORED_XIDS, GpuMonitor
-from devops.skypilot.termination import TerminationReason
+from devops.skypilot.common.termination import TerminationReason
+from devops.skypilot.node.monitors.gpu import DEFAULT_IGNORED_XIDS, GpuMonitor
 from tests.conftest import REPO
 
 NVML_SUCCESS = 0
@@ -274,7 +274,7 @@ def test_without_a_driver_it_disables_itself_with_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     driver = FakeDriver([FakeGpu()], init_error=NVML_ERROR_DRIVER_NOT_LOADED)
-    with caplog.at_level(logging.INFO, logger="devops.skypilot.monitors.gpu"):
+    with caplog.at_level(logging.INFO, logger="devops.skypilot.node.monitors.gpu"):
         assert GpuMonitor.create(nvml=fake_nvml(driver)) is None
     assert [r.getMessage() for r in caplog.records] == [
         "GPU monitor disabled: NVML unavailable (Driver Not Loaded)"
@@ -293,7 +293,7 @@ def test_the_real_pynvml_on_a_machine_without_a_driver() -> None:
     code = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
-        "from devops.skypilot.monitors.gpu import GpuMonitor\n"
+        "from devops.skypilot.node.monitors.gpu import GpuMonitor\n"
         "print('monitor:', GpuMonitor.create())\n"
     )
     out = subprocess.run(
@@ -311,7 +311,7 @@ def test_without_nvidia_ml_py_it_disables_itself() -> None:
         "import logging, sys\n"
         "sys.modules['pynvml'] = None  # what an uninstalled package looks like to import\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
-        "from devops.skypilot.monitors.gpu import GpuMonitor\n"
+        "from devops.skypilot.node.monitors.gpu import GpuMonitor\n"
         "print('monitor:', GpuMonitor.create())\n"
     )
     out = subprocess.run(

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot import nccl
-from devops.skypilot.environment import from_env
-from devops.skypilot.nccl import parse_size
-from devops.skypilot.nccl_checks import (
+from devops.skypilot.common.termination import EXIT_RETRY, Outcome, TerminationReason, decide
+from devops.skypilot.node.environment import from_env
+from devops.skypilot.node.nccl import preflight as nccl
+from devops.skypilot.node.nccl.checks import detect_interconnect
+from devops.skypilot.node.nccl.preflight import parse_size
+from devops.skypilot.node.nccl.results import (
     DEFAULT_MIN_BUSBW_GBPS,
     MIB,
     BandwidthSample,
@@ -27,12 +29,10 @@ from devops.skypilot.nccl_checks import (
     PreflightResult,
     bandwidth_sample,
     bus_factor,
-    detect_interconnect,
     format_table,
     iterations_for,
     message_sizes,
 )
-from devops.skypilot.termination import EXIT_RETRY, Outcome, TerminationReason, decide
 from tests.conftest import REPO, TAG_VAR
 
 #: Small sizes keep the real-process tests to seconds on a 2-core machine.
@@ -231,7 +231,16 @@ def test_a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time(
     tagged: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "preflight.json"
-    argv = [sys.executable, "-m", "devops.skypilot.nccl", "--json", str(out), "--timeout", "8"]
+    argv = [
+        sys.executable,
+        "-m",
+        "devops.skypilot",
+        "nccl-check",
+        "--json",
+        str(out),
+        "--timeout",
+        "8",
+    ]
     process = subprocess.Popen(argv, env=_rank_env(tagged, 0, 2, nccl._free_port()), cwd=REPO)
     try:
         assert process.wait(timeout=60) == EXIT_RETRY
@@ -249,7 +258,7 @@ def test_a_rank_that_dies_after_joining_fails_the_others(tagged: str, tmp_path: 
     out = tmp_path / "preflight.json"
     port = nccl._free_port()
     survivor = subprocess.Popen(
-        [sys.executable, "-m", "devops.skypilot.nccl", "--json", str(out), *FAST],
+        [sys.executable, "-m", "devops.skypilot", "nccl-check", "--json", str(out), *FAST],
         env=_rank_env(tagged, 0, 2, port),
         cwd=REPO,
     )
@@ -287,7 +296,8 @@ def test_runs_as_a_torchrun_worker(tagged: str, tmp_path: Path) -> None:
         "--master-port",
         str(nccl._free_port()),
         "-m",
-        "devops.skypilot.nccl",
+        "devops.skypilot",
+        "nccl-check",
         "--json",
         str(out),
         *FAST,

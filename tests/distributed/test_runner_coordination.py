@@ -1,7 +1,7 @@
 """Real runners on loopback, one per fake node: a hang, a crash, a head killed with SIGKILL.
 
 Each node is a real ``skyguard run`` with fake SkyPilot variables of its rank;
-the CLI wires the coordinator in (``devops/skypilot/extensions.py``).
+the CLI wires the coordinator in (``devops/skypilot/node/main.py``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class RunnerCluster:
             argv = [
                 PYTHON,
                 "-m",
-                "devops.skypilot.run",
+                "devops.skypilot",
+                "run",
                 "--coord-port",
                 str(self.coord_port),
                 "--coord-timeout",

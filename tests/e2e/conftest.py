@@ -90,10 +90,10 @@ class Cluster:
 
     def launch(self, *argv: str) -> str:
         """``skyguard launch`` (the module, so it works before cli.py registers it)."""
-        return self.run([str(self.python), "-m", "devops.skypilot.launch", *argv])
+        return self.run([str(self.python), "-m", "devops.skypilot", "launch", *argv])
 
     def status(self, *argv: str) -> dict[str, Any]:
-        out = self.run([str(self.python), "-m", "devops.skypilot.status", *argv, "--json"])
+        out = self.run([str(self.python), "-m", "devops.skypilot", "status", *argv, "--json"])
         data: dict[str, Any] = json.loads(out)
         return data
 

@@ -74,7 +74,7 @@ if [ "$(echo "$probe" | sed -n 2p)" != "$REPO/devops" ]; then
   [ -x "$SKYV/bin/python" ] || python3 -m venv "$SKYV" || die "python3 -m venv $SKYV failed"
   "$SKYV/bin/pip" install -q -e "$REPO[launch]" </dev/null >"$E2E_HOME/pip.log" 2>&1 \
     || die "pip install -e $REPO[launch] failed: $(grep -v '^WARNING' "$E2E_HOME/pip.log" | tail -3 | tr '\n' ' ')"
-  (cd / && "$SKYV/bin/python" -c 'import sky, devops.skypilot.launch') || die "skypilot or skyguard does not import in $SKYV"
+  (cd / && "$SKYV/bin/python" -c 'import sky, devops.skypilot.client.launch.command') || die "skypilot or skyguard does not import in $SKYV"
   probe=$(cd / && "$SKYV/bin/python" -c "$FIND_SKY") || die "skypilot or python-hostlist missing in $SKYV"
 fi
 SKY_PKG=$(echo "$probe" | sed -n 1p)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from devops.skypilot.termination import EXIT_CRASH_LOOP, EXIT_RETRY
+from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
 from .conftest import Cluster, Jobs, termination_history
 

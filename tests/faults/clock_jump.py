@@ -48,5 +48,5 @@ time.time_ns = jumped_time_ns
 atexit.register(report)
 
 if __name__ == "__main__":
-    sys.argv = ["devops.skypilot.run", *sys.argv[1:]]
-    runpy.run_module("devops.skypilot.run", run_name="__main__", alter_sys=True)
+    sys.argv = ["skyguard", "run", *sys.argv[1:]]
+    runpy.run_module("devops.skypilot", run_name="__main__", alter_sys=True)

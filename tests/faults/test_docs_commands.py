@@ -30,7 +30,7 @@ def line_pattern(expected: str) -> re.Pattern[str]:
 
 def shims(bin_dir: Path) -> None:
     bin_dir.mkdir()
-    for name, target in (("skyguard", f"{PYTHON} -m devops.skypilot.cli"), ("python", PYTHON)):
+    for name, target in (("skyguard", f"{PYTHON} -m devops.skypilot"), ("python", PYTHON)):
         path = bin_dir / name
         path.write_text(f'#!/bin/sh\nexec {target} "$@"\n')
         path.chmod(0o755)

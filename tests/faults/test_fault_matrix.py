@@ -25,8 +25,8 @@ from typing import Any
 import psutil
 import pytest
 
-from devops.skypilot.state import StateDir
-from devops.skypilot.termination import Termination, TerminationReason
+from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 from tests.faults.children import INVALID
 from tests.faults.endpoint import TOKEN, Endpoint, serve
@@ -472,7 +472,7 @@ def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psu
         if scenario.launcher != "read-only":
             return top
         for candidate in top.children():
-            if "devops.skypilot.run" in candidate.cmdline():
+            if "devops.skypilot" in candidate.cmdline():
                 return candidate
     except psutil.Error:
         pass

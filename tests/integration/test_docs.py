@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot import reference
+from devops.skypilot.node import reference
 from tests.conftest import PYTHON, REPO, TRAIN, SkyguardRunner
 
 README = (REPO / "README.md").read_text()
@@ -16,7 +16,8 @@ README = (REPO / "README.md").read_text()
 def test_config_reference_is_generated_from_the_flags() -> None:
     begin, end = README.index(reference.BEGIN), README.index(reference.END)
     assert README[begin : end + len(reference.END)] == reference.render(), (
-        "README's configuration reference is stale: paste `python -m devops.skypilot.reference`"
+        "README's configuration reference is stale: "
+        "paste `python -m devops.skypilot.node.reference`"
     )
 
 

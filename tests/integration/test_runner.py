@@ -219,10 +219,10 @@ def test_bad_input_is_one_line_and_exit_2(
 
 SCRIPT = """
 import sys
-from devops.skypilot.config import build_config, add_run_arguments
-from devops.skypilot.lifecycle import RunObserver
-from devops.skypilot.monitors.base import Monitor
-from devops.skypilot.run import Runner, RunnerExtensions
+from devops.skypilot.node.config import build_config, add_run_arguments
+from devops.skypilot.common.lifecycle import RunObserver
+from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.runner import Runner, RunnerExtensions
 import argparse
 
 class BrokenMonitor(Monitor):

@@ -1,7 +1,7 @@
 """``skyguard launch`` offline: every --dry-run output goes through SkyPilot's own parser,
 bad input is one line and a non-zero exit, secrets never show.
 
-Launch runs as a real process (``python -m devops.skypilot.launch``); nothing is mocked.
+Launch runs as a real process (``python -m devops.skypilot launch``); nothing is mocked.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from devops.skypilot import launch
 from devops.skypilot.cli import OneLineParser
-from devops.skypilot.termination import EXIT_CONFIG_ERROR
+from devops.skypilot.client.launch import command as launch_command
+from devops.skypilot.client.launch import request as launch_request
+from devops.skypilot.client.launch import task as launch_task
+from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_VALUE = "https://discord.example/api/webhooks/1234/s3cr3t-t0ken-value"
@@ -37,7 +39,7 @@ def run_launch(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SKYGUARD_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "devops.skypilot.launch", *argv],
+        [sys.executable, "-m", "devops.skypilot", "launch", *argv],
         cwd=cwd,
         env=full_env,
         input=stdin,
@@ -49,7 +51,7 @@ def run_launch(
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = OneLineParser(prog="skyguard launch")
-    launch.add_arguments(parser)
+    launch_command.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -59,7 +61,7 @@ def dry_run(
     """``--dry-run`` in this process (SkyPilot is imported once, not per call)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        status = launch.run(parse("--dry-run", *argv), env or {}, cwd)
+        status = launch_command.run(parse("--dry-run", *argv), env or {}, cwd)
     assert status == 0
     return [doc for doc in yaml.safe_load_all(out.getvalue()) if doc is not None]
 
@@ -151,7 +153,7 @@ def test_dump_config_json_is_the_same_task() -> None:
         "--dump-config", "json", "--skip-git-check", "--name", "j1", *STATE, "--", "echo", "hi"
     )
     with contextlib.redirect_stdout(out):
-        assert launch.run(args, {}, REPO) == 0
+        assert launch_command.run(args, {}, REPO) == 0
     config = json.loads(out.getvalue())
     assert config["name"] == "j1"
     assert_valid_skypilot_task(config)
@@ -214,16 +216,16 @@ def test_secrets_never_appear_in_output(fmt: str) -> None:
     assert result.returncode == 0, result.stderr
     assert SECRET_VALUE not in result.stdout + result.stderr
     assert "s3cr3t" not in result.stdout + result.stderr
-    assert launch.REDACTED in result.stdout
+    assert launch_task.REDACTED in result.stdout
 
 
 def test_secret_values_stay_out_of_repr_and_reach_only_the_task() -> None:
     args = parse("--skip-git-check", "--secret", "HOOK", *STATE, "--", "true")
-    request = launch.build_request(args, {"HOOK": SECRET_VALUE}, REPO)
+    request = launch_request.build_request(args, {"HOOK": SECRET_VALUE}, REPO)
     assert SECRET_VALUE not in repr(request)
-    (config,) = launch.task_configs(request, launch.load_recipe(request.recipe))
+    (config,) = launch_task.task_configs(request, launch_request.load_recipe(request.recipe))
     assert config["secrets"]["HOOK"] == SECRET_VALUE
-    assert launch.redact(config)["secrets"]["HOOK"] == launch.REDACTED
+    assert launch_task.redact(config)["secrets"]["HOOK"] == launch_task.REDACTED
     task = assert_valid_skypilot_task(config)
     assert task.secrets["HOOK"].get_secret_value() == SECRET_VALUE
 
@@ -236,9 +238,9 @@ def test_name_rules_are_skypilots() -> None:
     from sky.skylet import constants
     from sky.utils import common_utils
 
-    assert launch.CLUSTER_NAME_REGEX == constants.CLUSTER_NAME_VALID_REGEX
-    assert launch.TASK_NAME_REGEX == sky_task._VALID_NAME_REGEX
-    assert launch.ENV_NAME_REGEX == common_utils._VALID_ENV_VAR_REGEX
+    assert launch_request.CLUSTER_NAME_REGEX == constants.CLUSTER_NAME_VALID_REGEX
+    assert launch_request.TASK_NAME_REGEX == sky_task._VALID_NAME_REGEX
+    assert launch_request.ENV_NAME_REGEX == common_utils._VALID_ENV_VAR_REGEX
 
 
 @pytest.mark.parametrize(
@@ -272,15 +274,15 @@ def test_check_name_agrees_with_skypilot(name: str) -> None:
     except Exception:
         sky_ok = False
     try:
-        launch.check_name(name)
+        launch_request.check_name(name)
         ours = True
-    except launch.LaunchError:
+    except launch_request.LaunchError:
         ours = False
     assert ours == sky_ok
 
 
 def test_default_name_is_valid() -> None:
-    assert launch.check_name(launch.default_name(0.0))
+    assert launch_request.check_name(launch_request.default_name(0.0))
 
 
 # ---------------------------------------------------------------- bad input
@@ -343,7 +345,8 @@ def test_bad_input_is_reported_before_skypilot_is_imported() -> None:
             "-X",
             "importtime",
             "-m",
-            "devops.skypilot.launch",
+            "devops.skypilot",
+            "launch",
             "--name",
             "9x",
             "--",
@@ -356,13 +359,13 @@ def test_bad_input_is_reported_before_skypilot_is_imported() -> None:
     )
     assert result.returncode == EXIT_CONFIG_ERROR
     imported = re.findall(r"\|\s+(\S+)$", result.stderr, flags=re.MULTILINE)
-    assert "devops.skypilot.launch" in imported or "devops.skypilot.config" in imported
+    assert "devops.skypilot.client.launch.request" in imported
     assert not [name for name in imported if name == "sky" or name.startswith("sky.")]
 
 
 def test_help_does_not_import_skypilot() -> None:
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "devops.skypilot.launch", "--help"],
+        [sys.executable, "-X", "importtime", "-m", "devops.skypilot", "launch", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devops.skypilot.termination import EXIT_RETRY
+from devops.skypilot.common.termination import EXIT_RETRY
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"

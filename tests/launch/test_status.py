@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devops.skypilot import status
-from devops.skypilot.termination import EXIT_CONFIG_ERROR, EXIT_RETRY
+from devops.skypilot.client import status
+from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_RETRY
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_ID = "sky-managed-2026-01-02-03-04-05-123456_exp-7_42-0"
@@ -16,7 +16,7 @@ TASK_ID = "sky-managed-2026-01-02-03-04-05-123456_exp-7_42-0"
 
 def run_status(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "devops.skypilot.status", *argv],
+        [sys.executable, "-m", "devops.skypilot", "status", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from devops.skypilot.lifecycle import JobContext, Phase
-from devops.skypilot.termination import TerminationReason
+from devops.skypilot.common.lifecycle import JobContext, Phase
+from devops.skypilot.common.termination import TerminationReason
 from notifications.notifier import Event, Links
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from notifications.channels.discord import DiscordNotifier
+from notifications.channels.github import GitHubNotifier
+from notifications.channels.wandb import WandbNotifier
 from notifications.config import KEYS, ConfigError, NotificationConfig
-from notifications.discord import DiscordNotifier
-from notifications.github import GitHubNotifier
-from notifications.wandb import WandbNotifier
 
 if sys.version_info >= (3, 11):
     import tomllib

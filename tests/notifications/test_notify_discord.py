@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from devops.skypilot.lifecycle import Phase
-from notifications.discord import (
+from devops.skypilot.common.lifecycle import Phase
+from notifications.channels.discord import (
     PHASE_COLOURS,
     TRUNCATED,
     DiscordNotifier,
@@ -19,8 +19,10 @@ from notifications.discord import (
     escape_markdown,
     truncate,
 )
-from notifications.notifier import DeliveryStatus, HttpTimeouts, Links, Secret
+from notifications.http import HttpTimeouts
+from notifications.notifier import DeliveryStatus, Links
 from notifications.orchestrator import Orchestrator, RetrySettings
+from notifications.secrets import Secret
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,

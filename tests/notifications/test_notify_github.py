@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from devops.skypilot.lifecycle import Phase
-from devops.skypilot.termination import TerminationReason
-from notifications.github import STATES, GitHubNotifier, GitHubSettings, describe
-from notifications.notifier import DeliveryStatus, HttpTimeouts, Links, Secret
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason
+from notifications.channels.github import STATES, GitHubNotifier, GitHubSettings, describe
+from notifications.http import HttpTimeouts
+from notifications.notifier import DeliveryStatus, Links
 from notifications.orchestrator import Orchestrator
+from notifications.secrets import Secret
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.lifecycle import Phase, RunObserver
-from devops.skypilot.termination import (
+from devops.skypilot.common.lifecycle import Phase, RunObserver
+from devops.skypilot.common.termination import (
     EXIT_RETRY,
     Termination,
     TerminationReason,
     exit_code_for,
 )
-from notifications.discord import PHASE_COLOURS
+from notifications.channels.discord import PHASE_COLOURS
 from notifications.observer import NotificationObserver
 from tests.notifications.notify_fakes import (
     LoopbackServer,

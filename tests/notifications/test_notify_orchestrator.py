@@ -12,20 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.lifecycle import Phase, phase_for
-from devops.skypilot.termination import Termination, TerminationReason, exit_code_for
-from notifications.discord import DiscordNotifier, DiscordSettings
-from notifications.github import GitHubNotifier, GitHubSettings
-from notifications.notifier import (
-    Delivery,
-    DeliveryStatus,
-    Event,
-    HttpTimeouts,
-    Level,
-    Links,
-    Notifier,
-    Secret,
-)
+from devops.skypilot.common.lifecycle import Phase, phase_for
+from devops.skypilot.common.termination import Termination, TerminationReason, exit_code_for
+from notifications.channels.discord import DiscordNotifier, DiscordSettings
+from notifications.channels.github import GitHubNotifier, GitHubSettings
+from notifications.http import HttpTimeouts
+from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Links, Notifier
 from notifications.orchestrator import (
     LEVEL_CHANNELS,
     ROUTES,
@@ -34,6 +26,7 @@ from notifications.orchestrator import (
     RetrySettings,
     route,
 )
+from notifications.secrets import Secret
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,

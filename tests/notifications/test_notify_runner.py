@@ -26,7 +26,8 @@ def start(
         [
             PYTHON,
             "-m",
-            "devops.skypilot.run",
+            "devops.skypilot",
+            "run",
             "--state-dir",
             str(state),
             "--grace",

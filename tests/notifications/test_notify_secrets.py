@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.termination import Termination, TerminationReason
+from devops.skypilot.common.termination import Termination, TerminationReason
 from notifications import cli
-from notifications.discord import DiscordNotifier, DiscordSettings
-from notifications.github import GitHubNotifier, GitHubSettings
-from notifications.notifier import Delivery, Event, HttpTimeouts, Links, Secret
+from notifications.channels.discord import DiscordNotifier, DiscordSettings
+from notifications.channels.github import GitHubNotifier, GitHubSettings
+from notifications.http import HttpTimeouts
+from notifications.notifier import Delivery, Event, Links
 from notifications.observer import NotificationObserver
 from notifications.orchestrator import Orchestrator, RetrySettings
+from notifications.secrets import Secret
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from devops.skypilot.lifecycle import Phase
-from devops.skypilot.termination import TerminationReason
-from notifications.notifier import DeliveryStatus, Level, Secret
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason
+from notifications.channels.wandb import WandbNotifier, WandbSettings
+from notifications.notifier import DeliveryStatus, Level
 from notifications.orchestrator import Orchestrator
-from notifications.wandb import WandbNotifier, WandbSettings
+from notifications.secrets import Secret
 from tests.notifications.notify_fakes import make_event
 
 pytest.importorskip("wandb")

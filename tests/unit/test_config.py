@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.config import (
-    OPTIONS,
-    ConfigError,
-    add_run_arguments,
-    build_config,
-    parse_duration,
-)
+from devops.skypilot.common.values import ConfigError, parse_duration
+from devops.skypilot.node.config import OPTIONS, add_run_arguments, build_config
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.config import ConfigError
+from devops.skypilot.common.termination import TerminationReason
+from devops.skypilot.common.values import ConfigError
 from devops.skypilot.heartbeat import Heartbeat
-from devops.skypilot.monitors import MONITOR_FACTORIES, build_monitors
-from devops.skypilot.monitors.heartbeat import HeartbeatMonitor
-from devops.skypilot.monitors.log_patterns import (
+from devops.skypilot.node.monitors import MONITOR_FACTORIES, build_monitors
+from devops.skypilot.node.monitors.heartbeat import HeartbeatMonitor
+from devops.skypilot.node.monitors.log_patterns import (
     DEFAULT_PATTERNS,
     LogPatternMonitor,
     patterns_from_config,
 )
-from devops.skypilot.monitors.runtime import MaxRuntimeMonitor
-from devops.skypilot.termination import TerminationReason
+from devops.skypilot.node.monitors.runtime import MaxRuntimeMonitor
 
 R = TerminationReason
 
@@ -146,8 +146,8 @@ def test_bad_pattern_config(section: dict[str, object], message: str) -> None:
 def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
     import argparse
 
-    from devops.skypilot.config import add_run_arguments, build_config
-    from devops.skypilot.monitors.setup import MonitorSetup
+    from devops.skypilot.node.config import add_run_arguments, build_config
+    from devops.skypilot.node.monitors.setup import MonitorSetup
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.state import (
+from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.state import (
     RunningAttempt,
     StateDir,
     abandoned_termination,
     write_json_atomic,
 )
-from devops.skypilot.termination import Termination, TerminationReason
 
 
 def record(

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from devops.skypilot.termination import (
+from devops.skypilot.common.termination import (
     EXIT_CONFIG_ERROR,
     EXIT_CRASH_LOOP,
     EXIT_MAX_RUNTIME,

@@ -1,0 +1,112 @@
+"""One decision for all nodes: the head's runner keeps the board, every node follows it.
+
+SkyPilot runs ``run:`` once per node and each runner would otherwise decide
+alone: a hang seen on node 2 would leave nodes 0, 1 and 3 blocked in a
+collective until their own timeouts, each reporting something different.
+
+Protocol (HTTP/1.0 over the cluster network, JSON bodies of at most
+``max_message_bytes``):
+
+- the head (rank 0) serves ``<head ip>:<port>`` (default 29411) from a thread;
+- every node ``POST /v1/start`` when its command starts and ``POST /v1/end``
+  with its termination (reason, exit code, detail) when it ends;
+- the first end that is not a success is *the decision*; later ones are kept
+  for the record but change nothing;
+- workers long-poll ``GET /v1/state?node=N&wait=S``: the head answers at once
+  when there is a decision (or the head itself has ended), else after S
+  seconds; so a decision reaches every node within milliseconds and the
+  :class:`~devops.skypilot.node.monitors.peer.PeerMonitor` turns it into
+  ``PEER_FAILED`` at its next check;
+- a worker that cannot reach the head for ``unreachable_timeout`` seconds
+  (counted from the end of ``startup_grace`` until the first contact) decides
+  ``PEER_FAILED`` itself: a head killed with SIGKILL stops every node.
+
+Security: each request carries ``X-Skyguard-Signature`` = HMAC-SHA256 over
+method, path and body, keyed with the per-task token ``HMAC(secret, task id)``;
+each response is signed over the request's signature and its body, so an old
+answer cannot be replayed. The token never goes on the wire. The secret is
+``SKYGUARD_COORD_SECRET`` (same on every node; pass it as a SkyPilot secret);
+without it a secret is derived from the task id, cluster name and node list,
+which keeps other tasks and stale runners out but not a sender on the cluster
+network who can read those (a warning says so). Unsigned, oversized or
+malformed messages are rejected (401/413/400), logged, and never stop a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from devops.skypilot.common.lifecycle import JobContext, RunObserver
+from devops.skypilot.common.termination import Termination
+from devops.skypilot.node.coordination.head import HeadCoordinator
+from devops.skypilot.node.coordination.protocol import (
+    SECRET_VAR,
+    CoordinationConfig,
+    Coordinator,
+    NodeEnd,
+    coordination_secret,
+    task_token,
+)
+from devops.skypilot.node.coordination.worker import WorkerCoordinator
+from devops.skypilot.node.environment import SkyPilotEnv
+from devops.skypilot.node.monitors.peer import PeerMonitor
+
+logger = logging.getLogger(__name__)
+
+
+class CoordinationObserver(RunObserver):
+    """Starts this node's side of the protocol with the command and reports its end."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    @property
+    def is_head(self) -> bool:
+        """Only the head notifies people; it sees every node's end."""
+        return self.coordinator.is_head
+
+    def on_start(self, ctx: JobContext) -> None:
+        self.coordinator.start()
+
+    def on_end(self, ctx: JobContext, termination: Termination) -> None:
+        try:
+            self.coordinator.report_end(NodeEnd.from_termination(ctx.node_rank, termination))
+        finally:
+            self.coordinator.stop()
+
+    def close(self) -> None:
+        """Release the port when the command never started (``on_end`` does it otherwise)."""
+        self.coordinator.stop()
+
+
+def coordination_from_env(
+    sky_env: SkyPilotEnv,
+    state_dir: Path,
+    *,
+    config: CoordinationConfig | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[CoordinationObserver, PeerMonitor] | None:
+    """The observer and monitor that make this node follow one decision; None on one node.
+
+    Raises :class:`CoordinationError` on the head when the port cannot be bound.
+    """
+    if not sky_env.multi_node:
+        return None
+    config = config or CoordinationConfig()
+    secret, derived = coordination_secret(os.environ if env is None else env, sky_env)
+    if derived and sky_env.is_head:
+        logger.warning(
+            "coordination: %s is not set; the token is derived from the task id and node list, "
+            "which keeps other tasks out but not a sender on the cluster network",
+            SECRET_VAR,
+        )
+    token = task_token(secret, sky_env.task_id or "")
+    coordinator: Coordinator
+    if sky_env.is_head:
+        coordinator = HeadCoordinator(sky_env, token, config, state_dir)
+    else:
+        coordinator = WorkerCoordinator(sky_env, token, config, state_dir)
+    return CoordinationObserver(coordinator), PeerMonitor(coordinator)

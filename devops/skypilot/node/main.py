@@ -1,0 +1,145 @@
+"""``skyguard run``: the composition root. Builds the config and what plugs into the runner.
+
+The only module that imports notifications, the multi-node coordinator and the
+NCCL preflight, so the runner (``runner.py``) depends on none of them; ``main``
+only exits with the code the runner decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from devops.skypilot.common.lifecycle import RunObserver
+from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_SUCCESS, Verdict
+from devops.skypilot.common.values import ConfigError
+from devops.skypilot.node.config import RunConfig, add_run_arguments, build_config
+from devops.skypilot.node.environment import (
+    EnvironmentConfigError,
+    SkyPilotEnv,
+    from_env,
+    nccl_env_defaults,
+    torchrun_command,
+)
+from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.runner import Runner, RunnerExtensions, prepare_state_dir
+
+
+def skypilot_env(env: Mapping[str, str]) -> SkyPilotEnv:
+    try:
+        return from_env(env)
+    except EnvironmentConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
+def resolve_command(config: RunConfig, sky: SkyPilotEnv) -> RunConfig:
+    """The config with the command actually started (``--torchrun`` expands here)."""
+    if not config.torchrun:
+        return config
+    try:
+        command = torchrun_command(
+            sky,
+            config.command,
+            master_port=config.master_port,
+            nproc_per_node=config.nproc_per_node,
+            shutdown_timeout=config.grace,
+        )
+    except EnvironmentConfigError as error:
+        raise ConfigError(str(error)) from None
+    return replace(config, command=tuple(command))
+
+
+def describe(config: RunConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    """``--dry-run`` output: the resolved settings, secrets shown as ``***``."""
+    from notifications import ConfigError as NotifyConfigError
+    from notifications import NotificationConfig
+
+    try:
+        notifications = NotificationConfig.from_sources(
+            config.file_sections.get("notifications"), env
+        )
+    except NotifyConfigError as error:
+        raise ConfigError(str(error)) from None
+    return {**config.describe(), "notifications": notifications.describe()}
+
+
+def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
+    """Observers, extra monitors, child env defaults and the preflight for one attempt.
+
+    Binds the head node's coordination port, so a taken port fails before anything starts.
+    """
+    from devops.skypilot.node.coordination import coordination_from_env
+    from devops.skypilot.node.coordination.protocol import CoordinationConfig, CoordinationError
+    from notifications import ConfigError as NotifyConfigError
+    from notifications import NotificationObserver
+
+    observers: list[RunObserver] = []
+    monitors: list[Monitor] = []
+    try:
+        coordination = coordination_from_env(
+            sky,
+            config.state_dir,
+            config=CoordinationConfig(
+                port=config.coord_port, unreachable_timeout=config.coord_timeout
+            ),
+        )
+        notifier = NotificationObserver.from_sources(
+            config.file_sections.get("notifications"), os.environ
+        )
+    except (CoordinationError, NotifyConfigError) as error:
+        raise ConfigError(str(error)) from None
+    if coordination is not None:
+        observers.append(coordination[0])
+        monitors.append(coordination[1])
+    if coordination is None or coordination[0].is_head:
+        # One decision for the job, told once: only the head node notifies.
+        observers.append(notifier)
+    return RunnerExtensions(
+        observers=observers,
+        monitors=monitors,
+        env_defaults=nccl_env_defaults(
+            os.environ, config.state_dir, config.heartbeat_timeout or None
+        ),
+        preflight=_preflight(config, sky) if config.preflight else None,
+    )
+
+
+def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
+    def preflight() -> Verdict | None:
+        from devops.skypilot.node.nccl import preflight as nccl
+        from devops.skypilot.node.nccl.results import PreflightOptions
+
+        options = PreflightOptions(
+            timeout=config.preflight_timeout,
+            min_busbw_gbps=config.preflight_min_busbw,
+            json_path=config.state_dir / nccl.RESULT_FILE,
+        )
+        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1)
+        return result.verdict()
+
+    return preflight
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Build the config, run one attempt, return its exit code."""
+    try:
+        config = build_config(args, os.environ)
+        sky = skypilot_env(os.environ)
+        config = resolve_command(config, sky)
+        if config.dry_run:
+            print(json.dumps(describe(config, os.environ), indent=2))
+            return EXIT_SUCCESS
+        prepare_state_dir(config)  # before the extensions write there
+        return Runner(config, build_extensions(config, sky)).run().exit_code
+    except ConfigError as error:
+        print(f"skyguard: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR

@@ -1,0 +1,46 @@
+"""The monitor extension point.
+
+A monitor looks at one thing and returns a :class:`Verdict` when the job must
+stop. It never sleeps, spawns threads or stops anything: the runner owns the
+loop, the clock (``time.monotonic()``, passed in as ``now``) and the shutdown.
+A monitor that raises is logged and disabled; it does not end the job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from devops.skypilot.common.termination import Verdict
+
+
+class Monitor(ABC):
+    """Base class of every monitor. Subclasses implement :meth:`check`."""
+
+    #: Seconds between two checks when the monitor has no nearer deadline.
+    interval: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def start(self, now: float) -> None:  # noqa: B027 - optional hook, empty by design
+        """The command has just started at monotonic time ``now``."""
+
+    def next_check(self, now: float) -> float:
+        """Monotonic time of the next check; monitors with a deadline return it."""
+        return now + self.interval
+
+    @abstractmethod
+    def check(self, now: float) -> Verdict | None:
+        """A verdict if the job must stop now, else None."""
+
+    def observe_line(self, line: str) -> None:  # noqa: B027 - optional hook, empty by design
+        """One line of the command's output. Called from the runner's reader
+        threads for every line, so it must be cheap and thread-safe."""
+
+    def explain(self) -> Verdict | None:
+        """After the command failed on its own: why, if this monitor knows."""
+        return None
+
+    def stop(self) -> None:  # noqa: B027 - optional hook, empty by design
+        """The attempt is over; release what :meth:`start` took."""

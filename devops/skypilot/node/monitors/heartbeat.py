@@ -1,0 +1,97 @@
+"""Hang detection: the command must touch its heartbeat file every so often."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from devops.skypilot.common.termination import TerminationReason, Verdict
+from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.setup import MonitorSetup
+
+_Signature = tuple[int, int, int]
+
+
+class HeartbeatMonitor(Monitor):
+    """No beat for ``timeout`` seconds is a hang.
+
+    A beat is any change of the file (inode, mtime or size): the client replaces
+    the file on every beat, and ``touch`` works too. The time of a beat is when
+    the monitor saw the change, on the monotonic clock, so clock jumps and coarse
+    mtimes on network filesystems do not matter; the check interval (5 % of the
+    timeout, at most 1 s) bounds how late a hang is seen.
+
+    Before the first beat the deadline is ``max(startup_grace, timeout)`` after
+    start: loading a checkpoint or compiling is not a hang. A file that was seen
+    and then cannot be read at the deadline ends the job as
+    HEARTBEAT_UNREADABLE with the error in the detail.
+    """
+
+    def __init__(self, path: Path, timeout: float, startup_grace: float = 0.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.startup_grace = startup_grace
+        self.interval = min(1.0, max(0.05, timeout * 0.05))
+        self._started = 0.0
+        self._last_beat: float | None = None
+        self._signature: _Signature | None = None
+        self._error: OSError | None = None
+
+    @classmethod
+    def create(cls, setup: MonitorSetup) -> HeartbeatMonitor | None:
+        config = setup.config
+        if config.heartbeat_timeout <= 0:
+            return None
+        return cls(config.heartbeat_file, config.heartbeat_timeout, config.startup_grace)
+
+    def start(self, now: float) -> None:
+        self._started = now
+        self._last_beat = None
+        self._error = None
+        # A file left from an earlier attempt is not a beat of this one.
+        self._signature = self._stat()
+
+    def _stat(self) -> _Signature | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError as error:
+            # Missing before the first beat is normal; after it, the file was lost.
+            self._error = error if self._last_beat is not None else None
+            return None
+        except OSError as error:
+            self._error = error
+            return self._signature
+        self._error = None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def _deadline(self) -> float:
+        if self._last_beat is None:
+            return self._started + max(self.startup_grace, self.timeout)
+        return self._last_beat + self.timeout
+
+    def next_check(self, now: float) -> float:
+        return min(now + self.interval, self._deadline())
+
+    def check(self, now: float) -> Verdict | None:
+        signature = self._stat()
+        if signature is not None and signature != self._signature:
+            self._last_beat = now
+        self._signature = signature
+        if now < self._deadline():
+            return None
+        if self._error is not None:
+            return Verdict(
+                TerminationReason.HEARTBEAT_UNREADABLE,
+                f"heartbeat file {self.path} unreadable at the deadline: "
+                f"[errno {self._error.errno}] {self._error.strerror}",
+            )
+        if self._last_beat is None:
+            waited = max(self.startup_grace, self.timeout)
+            return Verdict(
+                TerminationReason.HEARTBEAT_TIMEOUT,
+                f"no first heartbeat within {waited:g}s of start",
+            )
+        return Verdict(
+            TerminationReason.HEARTBEAT_TIMEOUT,
+            f"no heartbeat for {now - self._last_beat:.1f}s (timeout {self.timeout:g}s)",
+        )

@@ -1,0 +1,350 @@
+"""The runner: wraps the training command on one node and decides how it ended.
+
+``skyguard run [options] -- CMD ARGS...`` builds one (:mod:`devops.skypilot.node.main`).
+
+One attempt, in order: load the task's history from the state dir; start the
+command in its own session; poll the monitors on their deadlines while waiting
+on the command and on signals; on the first of (command exit, monitor verdict,
+stop signal) stop the whole tree; :func:`~devops.skypilot.common.termination.decide`
+the reason and exit code; record it; tell the observers; exit with the code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from devops.skypilot.common.lifecycle import JobContext, RunObserver
+from devops.skypilot.common.termination import (
+    Outcome,
+    RetryPolicy,
+    Termination,
+    TerminationReason,
+    Verdict,
+    decide,
+    shell_exit_code,
+    signal_name,
+)
+from devops.skypilot.common.values import ConfigError
+from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.monitors import build_monitors
+from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.setup import MonitorSetup
+from devops.skypilot.node.process import SupervisedProcess, become_subreaper
+from devops.skypilot.node.signals import SignalWaker
+from devops.skypilot.node.state import RunningAttempt, StateDir, abandoned_termination
+
+logger = logging.getLogger(__name__)
+
+#: How often the running attempt's runtime is checkpointed to the state dir, so a
+#: SIGKILLed runner (preemption without grace) still spends its runtime budget.
+CHECKPOINT_INTERVAL = 30.0
+#: Filesystems that can outlive the machine: a recovery elsewhere still sees them.
+SHARED_FILESYSTEMS = ("fuse", "nfs", "cifs", "smb", "lustre", "gpfs", "beegfs", "9p", "ceph")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunnerExtensions:
+    """What other parts of skyguard plug into a run (built by the CLI)."""
+
+    observers: Sequence[RunObserver] = ()
+    monitors: Sequence[Monitor] = ()
+    #: Variables for the command's environment, unless the user already set them.
+    env_defaults: Mapping[str, str] = field(default_factory=dict)
+    #: A check run before the command on every attempt (the NCCL preflight); a
+    #: verdict ends the attempt before the command starts.
+    preflight: Callable[[], Verdict | None] | None = None
+
+
+class Runner:
+    def __init__(self, config: RunConfig, extensions: RunnerExtensions | None = None) -> None:
+        self.config = config
+        self.extensions = extensions or RunnerExtensions()
+        self.state = StateDir(config.state_dir)
+
+    def run(self) -> Termination:
+        """Run one attempt and return its record. Raises ConfigError before starting."""
+        config = self.config
+        prepare_state_dir(config)
+        self._warn_if_local_state()
+        history = self.state.load_history()
+        abandoned = self.state.take_abandoned()
+        if abandoned is not None and abandoned.runner_alive():
+            raise ConfigError(
+                f"state dir {config.state_dir} is in use by another runner "
+                f"(pid {abandoned.pid}): give each node and each run its own"
+            )
+        if abandoned is not None:
+            logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
+            history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
+        runtime_used = sum(item.duration for item in history)
+        setup = MonitorSetup(config, runtime_used, self._base_env())
+        monitors = [*build_monitors(setup), *self.extensions.monitors]
+        ctx = JobContext(
+            job_name=config.job_name,
+            task_id=config.task_id,
+            attempt=len(history) + 1,
+            node_rank=config.node_rank,
+            num_nodes=config.num_nodes,
+            state_dir=config.state_dir,
+            started_at=utc_now(),
+        )
+        with contextlib.suppress(FileNotFoundError):
+            config.heartbeat_file.unlink()
+        become_subreaper()
+        try:
+            with SignalWaker() as waker:
+                outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+        except BaseException:
+            self._tell("close")
+            raise
+        decision = decide(
+            outcome,
+            [item.summary() for item in history],
+            RetryPolicy(config.max_retries, config.crash_loop_count, config.crash_loop_window),
+        )
+        termination = Termination(
+            reason=decision.reason,
+            exit_code=decision.exit_code,
+            child_exit_code=child.child_exit_code,
+            signal=child.signal,
+            detail=decision.detail,
+            monitor=decision.monitor,
+            attempt=ctx.attempt,
+            started_at=ctx.started_at,
+            ended_at=utc_now(),
+            duration=round(outcome.duration, 3),
+            node_rank=config.node_rank,
+            task_id=config.task_id,
+        )
+        try:
+            self.state.record(termination, history)
+        except OSError as error:
+            # The decision stands: SkyPilot still needs the right exit code.
+            logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
+        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
+        self._tell("on_end", ctx, termination)
+        self._tell("close")
+        return termination
+
+    def _attempt(
+        self,
+        ctx: JobContext,
+        monitors: list[Monitor],
+        waker: SignalWaker,
+        runtime_used: float,
+    ) -> tuple[Outcome, ChildEnd]:
+        config = self.config
+        started = time.monotonic()
+        if config.max_runtime and runtime_used >= config.max_runtime:
+            spent = Verdict(
+                TerminationReason.MAX_RUNTIME_REACHED,
+                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
+                f"({runtime_used:.0f}s); not starting",
+            )
+            return Outcome(child_returncode=None, verdict=spent), ChildEnd(None, None)
+        self._tell("on_start", ctx)
+        if waker.stop_signal is not None:  # cancelled while observers were told
+            return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
+        if self.extensions.preflight is not None:
+            failed = _safely(self.extensions, "preflight")
+            if isinstance(failed, Verdict):
+                logger.warning("skyguard: preflight failed: %s", failed.detail)
+                failed = replace(failed, monitor=failed.monitor or "Preflight")
+                return Outcome(None, verdict=failed, duration=time.monotonic() - started), ChildEnd(
+                    None, None
+                )
+        process = SupervisedProcess(waker)
+        verdict: Verdict | None = None
+        try:
+            for monitor in monitors:
+                monitor.start(started)
+            try:
+                process.start(
+                    config.command,
+                    self._child_env(ctx),
+                    self.state.log_file(ctx.attempt),
+                    lambda line: _feed(monitors, line),
+                )
+            except OSError as error:
+                raise ConfigError(f"cannot run {config.command[0]}: {error.strerror}") from None
+            logger.info(
+                "skyguard: attempt %d started %s (pid %d)",
+                ctx.attempt,
+                config.command[0],
+                process.pid,
+            )
+            verdict = self._watch(process, monitors, waker, ctx, started)
+        finally:
+            process.stop(config.grace)
+            process.close()
+            for monitor in monitors:
+                _safely(monitor, "stop")
+        duration = time.monotonic() - started
+        explanation = None
+        if verdict is None and waker.stop_signal is None and process.returncode:
+            explanation = next(filter(None, (_explain(m) for m in monitors)), None)
+        outcome = Outcome(
+            child_returncode=process.returncode,
+            verdict=verdict,
+            runner_signal=waker.stop_signal,
+            explanation=explanation,
+            duration=duration,
+        )
+        return outcome, ChildEnd.of(process)
+
+    def _watch(
+        self,
+        process: SupervisedProcess,
+        monitors: list[Monitor],
+        waker: SignalWaker,
+        ctx: JobContext,
+        started: float,
+    ) -> Verdict | None:
+        """The event loop: a verdict, or None once the command exited or we were signalled."""
+        due = {id(monitor): monitor.next_check(started) for monitor in monitors}
+        checkpoint_due = started
+        while True:
+            if process.reap() is not None or waker.stop_signal is not None:
+                return None
+            now = time.monotonic()
+            for monitor in list(monitors):
+                if now < due[id(monitor)]:
+                    continue
+                try:
+                    verdict = monitor.check(now)
+                    due[id(monitor)] = monitor.next_check(now)
+                except Exception:  # a broken monitor must not kill a healthy job
+                    logger.exception("skyguard: monitor %s raised; disabling it", monitor.name)
+                    monitors.remove(monitor)
+                    continue
+                if verdict is not None:
+                    logger.warning(
+                        "skyguard: %s: %s: %s", monitor.name, verdict.reason.value, verdict.detail
+                    )
+                    return replace(verdict, monitor=monitor.name)
+            if now >= checkpoint_due:
+                self._checkpoint(ctx, now - started)
+                checkpoint_due = now + CHECKPOINT_INTERVAL
+            wake = min([checkpoint_due, *(due[id(monitor)] for monitor in monitors)])
+            waker.wait(wake - time.monotonic())
+
+    def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
+        try:
+            self.state.checkpoint(
+                RunningAttempt(
+                    ctx.attempt,
+                    ctx.started_at,
+                    elapsed,
+                    utc_now(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+            )
+        except OSError as error:
+            # A flaky bucket mount must not stop training; the final record retries.
+            logger.warning("skyguard: could not checkpoint the attempt: %s", error)
+
+    def _base_env(self) -> dict[str, str]:
+        return {**self.extensions.env_defaults, **os.environ}
+
+    def _child_env(self, ctx: JobContext) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            SKYGUARD_HEARTBEAT_FILE=str(self.config.heartbeat_file),
+            # The client paces its beats by it (a tenth of the timeout, at most 1 s).
+            SKYGUARD_HEARTBEAT_TIMEOUT=str(self.config.heartbeat_timeout),
+            SKYGUARD_STATE_DIR=str(self.config.state_dir),
+            SKYGUARD_ATTEMPT=str(ctx.attempt),
+            SKYGUARD_TASK_ID=self.config.task_id,
+        )
+        return env
+
+    def _tell(self, hook: str, *args: object) -> None:
+        for observer in self.extensions.observers:
+            _safely(observer, hook, *args)
+
+    def _warn_if_local_state(self) -> None:
+        if not self.config.managed:
+            return
+        fstype = filesystem_type(self.config.state_dir)
+        if not any(fstype.startswith(shared) for shared in SHARED_FILESYSTEMS):
+            logger.warning(
+                "skyguard: state dir %s is on local disk (%s) of a managed job: attempt counts "
+                "and the runtime budget reset when SkyPilot recovers onto another machine; "
+                "mount a bucket there (see recipes/job.yaml)",
+                self.config.state_dir,
+                fstype or "unknown",
+            )
+
+
+def prepare_state_dir(config: RunConfig) -> None:
+    """Create the state dir and the heartbeat file's dir, or fail as a config error."""
+    try:
+        StateDir(config.state_dir).ensure_writable()
+        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+
+
+@dataclass(frozen=True)
+class ChildEnd:
+    """How the command itself ended, as the record shows it."""
+
+    child_exit_code: int | None
+    signal: str | None
+
+    @classmethod
+    def of(cls, process: SupervisedProcess) -> ChildEnd:
+        code = process.returncode
+        if code is None:
+            return cls(None, None)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` ('' if unknown)."""
+    best, fstype = "", ""
+    resolved = str(path.resolve())
+    for partition in psutil.disk_partitions(all=True):
+        mount = partition.mountpoint
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, partition.fstype
+    return fstype
+
+
+def _feed(monitors: Sequence[Monitor], line: str) -> None:
+    for monitor in monitors:
+        _safely(monitor, "observe_line", line)
+
+
+def _explain(monitor: Monitor) -> Verdict | None:
+    verdict = _safely(monitor, "explain")
+    if isinstance(verdict, Verdict):
+        return replace(verdict, monitor=monitor.name)
+    return None
+
+
+def _safely(target: object, method: str, *args: object) -> object:
+    """Call an extension's hook; its failure is logged, never raised into the runner."""
+    try:
+        return getattr(target, method)(*args)
+    except Exception:  # extensions are not allowed to break the runner
+        logger.exception("skyguard: %s.%s failed", type(target).__name__, method)
+        return None
