@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -213,9 +214,20 @@ class Jobs:
             self.cluster.run([str(self.cluster.sky), "jobs", "cancel", "-y", *ids], check=False)
 
 
+def run_records(state_root: Path, name: str) -> list[Path]:
+    """The termination.json of each run named ``name``: `skyguard launch` keys state on
+    ``<name>-<8 hex>`` (its run key), under ``<root>/<key>/node-0``."""
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{8}}")
+    return sorted(
+        path / "node-0" / "termination.json"
+        for path in state_root.iterdir()
+        if pattern.fullmatch(path.name) and (path / "node-0" / "termination.json").is_file()
+    )
+
+
 def termination_history(state_root: Path, name: str) -> list[Mapping[str, Any]]:
     """Every attempt's record from the run's termination.json on the shared state root."""
-    files = sorted(state_root.glob(f"sky-managed-*_{name}_*/node-0/termination.json"))
+    files = run_records(state_root, name)
     assert len(files) == 1, f"expected one state dir for {name}, found {files}"
     data = json.loads(files[0].read_text())
     history: list[Mapping[str, Any]] = data["history"]

@@ -38,6 +38,7 @@ from devops.skypilot.common.termination import (
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.flush import unflushed_state_warning
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -280,9 +281,12 @@ class Runner:
             _safely(observer, hook, *args)
 
     def _warn_if_local_state(self) -> None:
+        fstype = filesystem_type(self.config.state_dir)
+        unflushed = unflushed_state_warning(self.config.state_dir, fstype)
+        if unflushed is not None:
+            logger.warning("%s", unflushed)
         if not self.config.managed:
             return
-        fstype = filesystem_type(self.config.state_dir)
         if not any(fstype.startswith(shared) for shared in SHARED_FILESYSTEMS):
             logger.warning(
                 "skyguard: state dir %s is on local disk (%s) of a managed job: attempt counts "
