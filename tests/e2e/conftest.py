@@ -27,6 +27,8 @@ SETUP_SCRIPT = REPO / "tests" / "e2e" / "slurm_cluster.sh"
 #: Guard against a hang only; the tier itself takes ~10 minutes.
 JOB_TIMEOUT = 20 * 60.0
 POLL_SECONDS = 5.0
+#: How long the session's teardown waits for the controller to take clusters down.
+CLEANUP_TIMEOUT = 300.0
 TERMINAL = {
     "SUCCEEDED",
     "FAILED",
@@ -135,6 +137,16 @@ def cluster() -> Iterator[Cluster]:
         session=session,
     )
     yield handle
+    # The jobs controller tears a managed job's cluster down only after the job is
+    # already shown as ended: stopping the API server (and the controller inside it)
+    # before that leaves the Slurm allocation behind, holding the node so that the
+    # next run's first srun waits forever. Wait for this session's clusters to go.
+    deadline = time.monotonic() + CLEANUP_TIMEOUT
+    while handle.session in handle.run([str(handle.sky), "status"], timeout=120, check=False):
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"e2e: clusters of session {handle.session} still up\n")
+            break
+        time.sleep(POLL_SECONDS)
     # The Slurm daemons may stay; SkyPilot's local API server (and the jobs
     # controller inside it) should not outlive the tests.
     handle.run([str(handle.sky), "api", "stop"], timeout=120, check=False)

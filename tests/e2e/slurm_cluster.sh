@@ -188,7 +188,10 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 case "$node_state" in idle | mix | alloc) ;; *) die "node $H is '$node_state', not idle (see /var/log/slurm/)" ;; esac
-srun -N1 -t 1 true </dev/null || die "srun -N1 true failed (see /var/log/slurm/)"
+# An allocation left by an earlier run (a cluster SkyPilot never tore down) holds the
+# node, and srun would wait for it forever: name it instead.
+timeout 120 srun -N1 -t 1 true </dev/null \
+  || die "srun -N1 true failed or waited 120 s; jobs holding the node: $(squeue -h -o '%i %j' | tr '\n' ' ') (see /var/log/slurm/)"
 done_step
 
 # ---------------------------------------------------------------- sshd
