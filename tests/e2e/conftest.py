@@ -140,9 +140,10 @@ def cluster() -> Iterator[Cluster]:
     # The jobs controller tears a managed job's cluster down only after the job is
     # already shown as ended: stopping the API server (and the controller inside it)
     # before that leaves the Slurm allocation behind, holding the node so that the
-    # next run's first srun waits forever. Wait for this session's clusters to go.
+    # next run's first srun waits forever. Wait for this session's allocations
+    # (Slurm jobs named after its clusters) to go.
     deadline = time.monotonic() + CLEANUP_TIMEOUT
-    while handle.session in handle.run([str(handle.sky), "status"], timeout=120, check=False):
+    while handle.session in handle.run(["squeue", "-h", "-o", "%j"], timeout=60, check=False):
         if time.monotonic() > deadline:
             sys.stderr.write(f"e2e: clusters of session {handle.session} still up\n")
             break
