@@ -47,6 +47,13 @@ print(json.dumps({int(r.job_id): {"status": r.status.value, "recoveries": r.reco
                   for r in records}))
 """
 
+_JOB_ID_SCRIPT = """
+import sys, sky
+records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, name_match=sys.argv[1],
+                      fields=["job_id", "job_name"]))
+print(max(int(r.job_id) for r in records if r.job_name == sys.argv[1]))
+"""
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("SKYGUARD_E2E") == "1":
@@ -99,6 +106,10 @@ class Cluster:
         out = self.run([str(self.python), "-m", "devops.skypilot", "status", *argv, "--json"])
         data: dict[str, Any] = json.loads(out)
         return data
+
+    def job_id(self, name: str) -> int:
+        """The newest managed job named ``name``."""
+        return int(self.run([str(self.python), "-c", _JOB_ID_SCRIPT, name], timeout=120))
 
     def queue(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         out = self.run([str(self.python), "-c", _QUEUE_SCRIPT, *map(str, job_ids)], timeout=120)

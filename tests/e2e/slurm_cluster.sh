@@ -68,7 +68,7 @@ begin "client venv with skyguard[launch] (SkyPilot) in $SKYV"
 # skyguard itself, editable, with its launch extra (the pinned SkyPilot and
 # python-hostlist, which SkyPilot's Slurm support imports but does not require).
 # find_spec, not import: importing sky takes seconds.
-FIND_SKY='import importlib.util as u, devops; assert u.find_spec("hostlist"); print(u.find_spec("sky").submodule_search_locations[0]); print(devops.__path__[0])'
+FIND_SKY='import importlib.util as u, devops; assert u.find_spec("hostlist") and u.find_spec("grpc"); print(u.find_spec("sky").submodule_search_locations[0]); print(devops.__path__[0])'
 probe=$(cd / && "$SKYV/bin/python" -c "$FIND_SKY" 2>/dev/null || true)
 if [ "$(echo "$probe" | sed -n 2p)" != "$REPO/devops" ]; then
   [ -x "$SKYV/bin/python" ] || python3 -m venv "$SKYV" || die "python3 -m venv $SKYV failed"

@@ -70,10 +70,8 @@ def test_controller_restart_mid_job_keeps_the_attempt_count(cluster: Cluster) ->
     task_file = cluster.state_root / f"{name}.yaml"
     task_file.write_text(json.dumps(config))
     started = time.monotonic()
-    out = cluster.run([str(cluster.sky), "jobs", "launch", "-y", "-d", str(task_file)], timeout=600)
-    submitted = re.search(r"Job submitted, ID: (\d+)", out)
-    assert submitted is not None, out[-2000:]
-    job_id = int(submitted.group(1))
+    cluster.run([str(cluster.sky), "jobs", "launch", "-y", "-d", str(task_file)], timeout=600)
+    job_id = cluster.job_id(name)
     run_dir = cluster.state_root / f"{name}_{job_id}-0" / "node-0"
 
     def ended() -> bool:
