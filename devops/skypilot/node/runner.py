@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
@@ -138,7 +138,8 @@ class Runner:
         except OSError as error:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
-        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
+        # A closed stderr (``| head -1``) loses the line, never the code or the observers.
+        say(f"skyguard: termination {json.dumps(termination.to_json())}")
         self._tell("on_end", ctx, termination)
         self._tell("close")
         return termination
