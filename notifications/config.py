@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR, GITHUB_TOKEN_VAR
 from notifications.channels.discord import DiscordNotifier, DiscordSettings
 from notifications.channels.github import (
     CONTEXT_LIMIT,
@@ -189,8 +190,8 @@ KEYS: Mapping[str, Key] = {
 
 #: Keys people may try to put in the file; each secret has its env variable.
 SECRET_KEYS: Mapping[str, str] = {
-    "discord_webhook_url": "SKYGUARD_DISCORD_WEBHOOK_URL",
-    "webhook_url": "SKYGUARD_DISCORD_WEBHOOK_URL",
+    "discord_webhook_url": DISCORD_WEBHOOK_VAR,
+    "webhook_url": DISCORD_WEBHOOK_VAR,
     "github_token": "GITHUB_TOKEN",
     "token": "GITHUB_TOKEN",
     "wandb_api_key": "WANDB_API_KEY",
@@ -311,10 +312,10 @@ class NotificationConfig:
             raise ConfigError("[notifications] must be a table")
         values = _resolve(section or {}, env)
         timeouts = HttpTimeouts(values["connect_timeout"], values["read_timeout"])
-        webhook = _secret(env, "SKYGUARD_DISCORD_WEBHOOK_URL")
+        webhook = _secret(env, DISCORD_WEBHOOK_VAR)
         if webhook is not None and not is_http_url(webhook.reveal()):
             # The value is a secret: name the variable, never quote it.
-            raise ConfigError("SKYGUARD_DISCORD_WEBHOOK_URL: expected an http(s) URL")
+            raise ConfigError(f"{DISCORD_WEBHOOK_VAR}: expected an http(s) URL")
         return cls(
             enabled=values["enabled"],
             channels=values["channels"],
@@ -322,7 +323,7 @@ class NotificationConfig:
             retry=RetrySettings(tries=values["tries"]),
             discord=DiscordSettings(webhook, values["discord_username"], timeouts),
             github=GitHubSettings(
-                token=_secret(env, "SKYGUARD_GITHUB_TOKEN", "GITHUB_TOKEN"),
+                token=_secret(env, GITHUB_TOKEN_VAR, "GITHUB_TOKEN"),
                 repo=values["github_repo"],
                 api_url=values["github_api_url"],
                 context=values["github_context"] or None,

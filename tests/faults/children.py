@@ -202,6 +202,13 @@ def beat_forever() -> int:
         time.sleep(0.05)
 
 
+def print_env() -> int:
+    """What a training script's ``env`` dump would put in the log."""
+    for name, value in sorted(os.environ.items()):
+        print(f"{name}={value}")
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -219,6 +226,7 @@ MODES: dict[str, Callable[..., int]] = {
     "delete-heartbeat": delete_heartbeat,
     "beat-for": beat_for,
     "beat-forever": beat_forever,
+    "print-env": print_env,
 }
 
 

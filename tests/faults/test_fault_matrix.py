@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
@@ -277,6 +278,24 @@ def slow_endpoint_bounded(done: Finished) -> None:
     assert done.elapsed < 20, f"runner took {done.elapsed:.1f}s with a stalled endpoint"
 
 
+# --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ------------
+
+#: The user's own credential (stays) and skyguard's (removed from the command's env).
+USER_KEY = "wandb-user-key-the-training-code-needs"
+SKYGUARD_SECRETS = {
+    COORD_SECRET_VAR: "faultmatrix-coordination-secret",
+    GITHUB_TOKEN_VAR: "faultmatrix-github-token",
+}
+
+
+def credentials_kept_from_command(done: Finished) -> None:
+    for text in (done.stdout.read_text(), done.log.read_text()):
+        assert f"WANDB_API_KEY={USER_KEY}\n" in text, "the user's own credential was removed"
+        assert "SKYGUARD_HEARTBEAT_FILE=" in text, "no env dump"
+        for secret in (TOKEN, *SKYGUARD_SECRETS.values()):
+            assert secret not in text, "one of skyguard's credentials reached the command"
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -435,6 +454,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         3,
         endpoint="slow",
         check=slow_endpoint_bounded,
+    ),
+    # --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ---
+    Scenario(
+        "credentials-kept-from-command",
+        child("print-env"),
+        "completed",
+        0,
+        endpoint="ok",
+        extra_env={**SKYGUARD_SECRETS, "WANDB_API_KEY": USER_KEY},
+        check=credentials_kept_from_command,
     ),
 )
 

@@ -1,4 +1,6 @@
-"""The supervised command: its own session, its output teed, its whole tree stopped.
+"""The supervised command: its own session, its whole tree stopped.
+
+Its output is copied by :mod:`devops.skypilot.node.output`.
 
 The runner becomes a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``), so a
 double-forked daemon of the command is re-parented to the runner instead of
@@ -16,29 +18,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, BinaryIO
 
 import psutil
 
+from devops.skypilot.node.output import LineSink, OutputCopy
 from devops.skypilot.node.signals import SignalWaker
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
-_READ_SIZE = 65536
-#: A "line" longer than this is cut and classified in pieces, so a command
-#: that prints without newlines cannot make the runner buffer without bound.
-_MAX_LINE = 65536
-#: How long to wait for the output pipes to drain after the tree is gone.
-_DRAIN_TIMEOUT = 2.0
 #: SIGKILL is not ignorable, but a fork bomb keeps making new targets.
 _KILL_ROUNDS_TIMEOUT = 10.0
-
-LineSink = Callable[[str], None]
 
 
 def become_subreaper() -> bool:
@@ -49,69 +42,13 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-class _Tee(threading.Thread):
-    """Copies one output stream of the command to ours and to the log file."""
-
-    def __init__(
-        self,
-        source: IO[bytes],
-        target_fd: int,
-        log: BinaryIO,
-        log_lock: threading.Lock,
-        sink: LineSink,
-    ) -> None:
-        super().__init__(name=f"skyguard-tee-{target_fd}", daemon=True)
-        self._source_fd = source.fileno()
-        self._source = source
-        self._target_fd = target_fd
-        self._log = log
-        self._log_lock = log_lock
-        self._sink = sink
-        self._target_open = True
-
-    def run(self) -> None:
-        pending = b""
-        try:
-            while chunk := os.read(self._source_fd, _READ_SIZE):
-                self._forward(chunk)
-                pending = self._classify(pending + chunk)
-            if pending:
-                self._sink(pending.decode("utf-8", "replace"))
-        except OSError as error:
-            logger.warning("skyguard: output reader stopped: %s", error)
-        finally:
-            self._source.close()
-
-    def _forward(self, chunk: bytes) -> None:
-        if self._target_open:
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._target_fd, view) :]
-            except OSError:
-                # Our own stdout went away; keep draining the command so it never blocks.
-                self._target_open = False
-        with self._log_lock:
-            self._log.write(chunk)
-
-    def _classify(self, data: bytes) -> bytes:
-        *lines, rest = data.split(b"\n")
-        for line in lines:
-            self._sink(line.decode("utf-8", "replace"))
-        while len(rest) > _MAX_LINE:
-            self._sink(rest[:_MAX_LINE].decode("utf-8", "replace"))
-            rest = rest[_MAX_LINE:]
-        return rest
-
-
 class SupervisedProcess:
     """One run of the command, from spawn to an empty process tree."""
 
     def __init__(self, waker: SignalWaker) -> None:
         self._waker = waker
         self._popen: subprocess.Popen[bytes] | None = None
-        self._tees: list[_Tee] = []
-        self._log: BinaryIO | None = None
+        self._output: OutputCopy | None = None
         self.returncode: int | None = None
 
     @property
@@ -127,8 +64,7 @@ class SupervisedProcess:
         sink: LineSink,
     ) -> None:
         """Spawn the command in its own session (raises OSError if it cannot run)."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._output = OutputCopy(log_path, sink)
         self._popen = subprocess.Popen(
             list(command),
             env=dict(env),
@@ -136,14 +72,8 @@ class SupervisedProcess:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        lock = threading.Lock()
         assert self._popen.stdout is not None and self._popen.stderr is not None
-        self._tees = [
-            _Tee(self._popen.stdout, sys.stdout.fileno(), self._log, lock, sink),
-            _Tee(self._popen.stderr, sys.stderr.fileno(), self._log, lock, sink),
-        ]
-        for tee in self._tees:
-            tee.start()
+        self._output.start(self._popen.stdout, self._popen.stderr)
 
     def reap(self) -> int | None:
         """Reap every exited child (we are their subreaper); the command's return code."""
@@ -230,10 +160,5 @@ class SupervisedProcess:
 
     def close(self) -> None:
         """Let the output readers drain, then close the log. Call after :meth:`stop`."""
-        for tee in self._tees:
-            tee.join(_DRAIN_TIMEOUT)
-        if any(tee.is_alive() for tee in self._tees):
-            logger.warning("skyguard: output still open after the tree was stopped; not waiting")
-        elif self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
+        if self._output is not None:
+            self._output.close()

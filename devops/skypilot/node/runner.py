@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.credentials import without_credentials
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -261,7 +262,9 @@ class Runner:
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)
 
     def _base_env(self) -> dict[str, str]:
-        return {**self.extensions.env_defaults, **os.environ}
+        """The command's environment before skyguard's own variables: skyguard's
+        credentials are removed, so an ``env`` dump in the training log leaks none."""
+        return without_credentials({**self.extensions.env_defaults, **os.environ})
 
     def _child_env(self, ctx: JobContext) -> dict[str, str]:
         env = self._base_env()
