@@ -28,6 +28,7 @@ own ``WANDB_RUN_ID``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MODE``,
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +62,8 @@ class ConfigError(ValueError):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Notification waits are seconds to minutes; a day is already far too long.
+_MAX_SECONDS = 86400.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -73,6 +76,9 @@ def _duration(where: str, value: object) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2) or ""]
     else:
         raise ConfigError(f"{where}: expected a duration like 20, 20s, 5m or 1h, got {value!r}")
+    # TOML has nan and inf; neither bounds a wait (a NaN deadline never passes).
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ConfigError(f"{where}: expected a finite duration of at most a day, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{where}: must be more than 0, got {value!r}")
     return seconds

@@ -145,6 +145,11 @@ class Scenario:
     #: A known defect this scenario exposes (strict xfail: fixing it turns the test red
     #: until the mark is removed).
     known_bug: str = ""
+    #: Files written before the run, as (path under the test's tmp dir, content);
+    #: ``state/...`` is inside the state dir, a path ending in ``/`` is a directory.
+    files: tuple[tuple[str, str], ...] = ()
+    #: Holds something alive for the whole run (given the test's tmp dir).
+    around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -294,6 +299,16 @@ def credentials_kept_from_command(done: Finished) -> None:
         assert "SKYGUARD_HEARTBEAT_FILE=" in text, "no env dump"
         for secret in (TOKEN, *SKYGUARD_SECRETS.values()):
             assert secret not in text, "one of skyguard's credentials reached the command"
+
+
+# --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
+
+
+def stderr_has(text: str) -> Check:
+    def check(done: Finished) -> None:
+        assert text in done.stderr, done.stderr[-3000:]
+
+    return check
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -465,6 +480,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         extra_env={**SKYGUARD_SECRETS, "WANDB_API_KEY": USER_KEY},
         check=credentials_kept_from_command,
     ),
+    # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
+    Scenario(
+        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+        "config-grace-nan",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--config", "{tmp}/run.toml"),
+        files=(("run.toml", "[run]\ngrace = nan\n"),),
+        check=stderr_has("[run] grace: not a finite number: nan"),
+    ),
+    Scenario(
+        "config-busbw-inf",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--preflight-min-busbw", "inf"),
+        check=stderr_has("--preflight-min-busbw: not a finite number"),
+    ),
 )
 
 #: What the runner's notifications are set to when a scenario has an endpoint.
@@ -516,6 +550,16 @@ def _seed(state_dir: Path, how: str) -> None:
         (state_dir / "termination.json").write_text(CORRUPT)
 
 
+def _write_files(tmp_path: Path, files: tuple[tuple[str, str], ...]) -> None:
+    for name, content in files:
+        path = tmp_path / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+
 def _can_remount() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -545,6 +589,10 @@ def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) 
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(serve(scenario.endpoint)) if scenario.endpoint else None
+        _seed(tmp_path / "state", scenario.seed)
+        _write_files(tmp_path, scenario.files)
+        if scenario.around is not None:
+            stack.enter_context(scenario.around(tmp_path))
         done = _run(scenario, skyguard, tmp_path, endpoint)
     _verify(scenario, done)
 
@@ -553,14 +601,14 @@ def _run(
     scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path, endpoint: Endpoint | None
 ) -> Finished:
     state_dir = tmp_path / "state"
-    _seed(state_dir, scenario.seed)
     ready, go = tmp_path / "ready", tmp_path / "go"
     env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
     if endpoint is not None:
         env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
     env.update(scenario.extra_env)
     command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
-    runner_args = ["--state-dir", str(state_dir), *scenario.options, "--", *command]
+    options = [part.replace("{tmp}", str(tmp_path)) for part in scenario.options]
+    runner_args = ["--state-dir", str(state_dir), *options, "--", *command]
     argv = _launch(skyguard, scenario, runner_args, env)
     stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
     stderr_path = tmp_path / "stderr"
@@ -597,7 +645,21 @@ def _run(
     )
 
 
+def _verify_config_error(scenario: Scenario, done: Finished) -> None:
+    """Bad input: one line and exit 2, nothing started, the state dir untouched."""
+    assert done.returncode == scenario.exit_code == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("skyguard: error: "), done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    if scenario.seed == "attempt":
+        assert done.on_disk == {**SEED.to_json(), "history": [SEED.to_json()]}
+    if scenario.check is not None:
+        scenario.check(done)
+
+
 def _verify(scenario: Scenario, done: Finished) -> None:
+    if scenario.reason == "config_error":
+        _verify_config_error(scenario, done)
+        return
     printed = done.printed
     assert (printed["reason"], printed["exit_code"]) == (scenario.reason, scenario.exit_code), (
         done.stderr[-3000:]
