@@ -35,10 +35,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR, GITHUB_TOKEN_VAR
 from notifications.channels.discord import DiscordNotifier, DiscordSettings
-from notifications.channels.github import DEFAULT_API_URL, GitHubNotifier, GitHubSettings
+from notifications.channels.github import (
+    CONTEXT_LIMIT,
+    DEFAULT_API_URL,
+    GitHubNotifier,
+    GitHubSettings,
+)
 from notifications.channels.wandb import MODES, WandbNotifier, WandbSettings
 from notifications.http import HttpTimeouts, is_http_url
 from notifications.notifier import Links, Notifier
@@ -142,6 +148,14 @@ def _username(where: str, value: object) -> str:
     return text
 
 
+def _context(where: str, value: object) -> str:
+    text = _text(where, value)
+    if len(text) > CONTEXT_LIMIT:
+        # GitHub refuses a longer context (422): the status would never appear.
+        raise ConfigError(f"{where}: at most {CONTEXT_LIMIT} characters, got {len(text)}")
+    return text
+
+
 _PLACEHOLDERS = {"job_id": "1", "task_id": "t", "job_name": "j"}
 
 
@@ -176,7 +190,7 @@ KEYS: Mapping[str, Key] = {
     "discord_username": Key(_username, "skyguard", ("SKYGUARD_DISCORD_USERNAME",)),
     "github_repo": Key(_repo, None, ("SKYGUARD_GITHUB_REPO", "GITHUB_REPOSITORY")),
     "github_api_url": Key(_url, DEFAULT_API_URL, ("SKYGUARD_GITHUB_API_URL",)),
-    "github_context": Key(_text, None, ("SKYGUARD_GITHUB_CONTEXT",)),
+    "github_context": Key(_context, None, ("SKYGUARD_GITHUB_CONTEXT",)),
     "wandb_alerts": Key(_boolean, True, ("SKYGUARD_WANDB_ALERTS",)),
 }
 
@@ -255,6 +269,10 @@ def _cluster_name(env: Mapping[str, str]) -> str | None:
 
 def _wandb(env: Mapping[str, str], alerts: bool) -> WandbSettings:
     directory = _value(env, "WANDB_DIR")
+    base_url = _value(env, "WANDB_BASE_URL")
+    if base_url is not None:
+        # It becomes the run link in every message and the commit status' target_url.
+        base_url = _url("WANDB_BASE_URL", base_url)
     mode = _value(env, "WANDB_MODE")
     if mode is not None and mode not in MODES:
         raise ConfigError(f"WANDB_MODE: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -264,7 +282,7 @@ def _wandb(env: Mapping[str, str], alerts: bool) -> WandbSettings:
         entity=_value(env, "WANDB_ENTITY"),
         mode=mode,
         directory=Path(directory) if directory else None,
-        base_url=_value(env, "WANDB_BASE_URL"),
+        base_url=base_url,
         api_key=_secret(env, "WANDB_API_KEY"),
         alerts=alerts,
     )
@@ -347,8 +365,12 @@ class NotificationConfig:
             log_command = None
         dashboard = None
         if self.dashboard_url and (self.managed_job_id or "{job_id}" not in self.dashboard_url):
+            # Values are URL-encoded: a job name with a space, '&' or '#' must not
+            # break the link (GitHub refuses a target_url that is not a URI).
             dashboard = self.dashboard_url.format(
-                job_id=self.managed_job_id or "", task_id=task_id, job_name=job_name
+                job_id=quote(self.managed_job_id or "", safe=""),
+                task_id=quote(task_id, safe=""),
+                job_name=quote(job_name, safe=""),
             )
         return Links(
             log_command=log_command,

@@ -333,6 +333,12 @@ def stderr_has(text: str) -> Check:
     return check
 
 
+def no_beat_temp_files_left(done: Finished) -> None:
+    assert "beat-into-full-disk: 200 failed beats" in done.stdout.read_text()
+    left = [path.name for path in done.state_dir.iterdir() if path.name.startswith(".beat.")]
+    assert not left, f"{len(left)} heartbeat temp files left behind"
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -529,6 +535,22 @@ SCENARIOS: tuple[Scenario, ...] = (
         2,
         ("--preflight-min-busbw", "inf"),
         check=stderr_has("--preflight-min-busbw: not a finite number"),
+    ),
+    Scenario(
+        "heartbeat-file-is-a-directory",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--heartbeat-file", "{tmp}/hbdir"),
+        files=(("hbdir/", ""),),
+        check=stderr_has("hbdir is a directory"),
+    ),
+    Scenario(
+        "heartbeat-writes-fail-leave-no-temp-files",
+        child("beat-into-full-disk", "200"),
+        "completed",
+        0,
+        check=no_beat_temp_files_left,
     ),
 )
 

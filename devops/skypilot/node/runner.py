@@ -301,9 +301,19 @@ def prepare_state_dir(config: RunConfig) -> None:
     """Create the state dir and the heartbeat file's dir, or fail as a config error."""
     try:
         StateDir(config.state_dir).ensure_writable()
-        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+    heartbeat = config.heartbeat_file
+    if heartbeat.is_dir():
+        raise ConfigError(
+            f"heartbeat file {heartbeat} is a directory (--heartbeat-file names a file)"
+        )
+    try:
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"heartbeat file {heartbeat}: cannot create its directory: {error}"
+        ) from None
 
 
 @dataclass(frozen=True)
