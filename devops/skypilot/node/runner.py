@@ -105,8 +105,10 @@ class Runner:
             state_dir=config.state_dir,
             started_at=utc_now(),
         )
-        with contextlib.suppress(FileNotFoundError):
-            config.heartbeat_file.unlink()
+        with contextlib.suppress(OSError):
+            # Empty, not absent: once the disk is full the client beats by touching it.
+            # A file left as it was is no beat either (the monitor starts from its state).
+            config.heartbeat_file.write_bytes(b"")
         become_subreaper()
         try:
             with SignalWaker() as waker:
@@ -124,7 +126,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=decision.detail,
+            detail=child.detail(decision.detail),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -322,13 +324,20 @@ class ChildEnd:
 
     child_exit_code: int | None
     signal: str | None
+    #: Why ``logs/attempt-N.log`` misses some of its output (a full disk); None if complete.
+    log_problem: str | None = None
 
     @classmethod
     def of(cls, process: SupervisedProcess) -> ChildEnd:
         code = process.returncode
+        log = process.log_problem
         if code is None:
-            return cls(None, None)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
+            return cls(None, None, log)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None, log)
+
+    def detail(self, decided: str) -> str:
+        """The record's detail: the decision's, and the log's state when it is incomplete."""
+        return decided if self.log_problem is None else f"{decided}; {self.log_problem}"
 
 
 def filesystem_type(path: Path) -> str:
