@@ -22,7 +22,6 @@ import time
 
 from devops.skypilot import heartbeat, stackdump
 
-
 #: Everything the hang needs is set up before "ready": after it, the next
 #: syscall is the hang itself, so "sleeping" means "hung" to the tests.
 read_end, _write_end = os.pipe()

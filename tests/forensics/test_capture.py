@@ -44,9 +44,7 @@ class Ranks:
             "PYTHONPATH": str(REPO),
             "SKYGUARD_FORENSICS_DIR": str(self.directory),
         }
-        process = subprocess.Popen(
-            [PYTHON, HUNG, mode], env=env, stdout=subprocess.PIPE, text=True
-        )
+        process = subprocess.Popen([PYTHON, HUNG, mode], env=env, stdout=subprocess.PIPE, text=True)
         assert process.stdout is not None
         self.processes.append((rank, process))
         assert process.stdout.readline().strip() == "ready"
