@@ -28,15 +28,23 @@ own ``WANDB_RUN_ID``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MODE``,
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR, GITHUB_TOKEN_VAR
 from notifications.channels.discord import DiscordNotifier, DiscordSettings
-from notifications.channels.github import DEFAULT_API_URL, GitHubNotifier, GitHubSettings
+from notifications.channels.github import (
+    CONTEXT_LIMIT,
+    DEFAULT_API_URL,
+    GitHubNotifier,
+    GitHubSettings,
+)
 from notifications.channels.wandb import MODES, WandbNotifier, WandbSettings
 from notifications.http import HttpTimeouts, is_http_url
 from notifications.notifier import Links, Notifier
@@ -54,6 +62,8 @@ class ConfigError(ValueError):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Notification waits are seconds to minutes; a day is already far too long.
+_MAX_SECONDS = 86400.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -66,6 +76,9 @@ def _duration(where: str, value: object) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2) or ""]
     else:
         raise ConfigError(f"{where}: expected a duration like 20, 20s, 5m or 1h, got {value!r}")
+    # TOML has nan and inf; neither bounds a wait (a NaN deadline never passes).
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ConfigError(f"{where}: expected a finite duration of at most a day, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{where}: must be more than 0, got {value!r}")
     return seconds
@@ -135,6 +148,14 @@ def _username(where: str, value: object) -> str:
     return text
 
 
+def _context(where: str, value: object) -> str:
+    text = _text(where, value)
+    if len(text) > CONTEXT_LIMIT:
+        # GitHub refuses a longer context (422): the status would never appear.
+        raise ConfigError(f"{where}: at most {CONTEXT_LIMIT} characters, got {len(text)}")
+    return text
+
+
 _PLACEHOLDERS = {"job_id": "1", "task_id": "t", "job_name": "j"}
 
 
@@ -169,14 +190,14 @@ KEYS: Mapping[str, Key] = {
     "discord_username": Key(_username, "skyguard", ("SKYGUARD_DISCORD_USERNAME",)),
     "github_repo": Key(_repo, None, ("SKYGUARD_GITHUB_REPO", "GITHUB_REPOSITORY")),
     "github_api_url": Key(_url, DEFAULT_API_URL, ("SKYGUARD_GITHUB_API_URL",)),
-    "github_context": Key(_text, None, ("SKYGUARD_GITHUB_CONTEXT",)),
+    "github_context": Key(_context, None, ("SKYGUARD_GITHUB_CONTEXT",)),
     "wandb_alerts": Key(_boolean, True, ("SKYGUARD_WANDB_ALERTS",)),
 }
 
 #: Keys people may try to put in the file; each secret has its env variable.
 SECRET_KEYS: Mapping[str, str] = {
-    "discord_webhook_url": "SKYGUARD_DISCORD_WEBHOOK_URL",
-    "webhook_url": "SKYGUARD_DISCORD_WEBHOOK_URL",
+    "discord_webhook_url": DISCORD_WEBHOOK_VAR,
+    "webhook_url": DISCORD_WEBHOOK_VAR,
     "github_token": "GITHUB_TOKEN",
     "token": "GITHUB_TOKEN",
     "wandb_api_key": "WANDB_API_KEY",
@@ -248,6 +269,10 @@ def _cluster_name(env: Mapping[str, str]) -> str | None:
 
 def _wandb(env: Mapping[str, str], alerts: bool) -> WandbSettings:
     directory = _value(env, "WANDB_DIR")
+    base_url = _value(env, "WANDB_BASE_URL")
+    if base_url is not None:
+        # It becomes the run link in every message and the commit status' target_url.
+        base_url = _url("WANDB_BASE_URL", base_url)
     mode = _value(env, "WANDB_MODE")
     if mode is not None and mode not in MODES:
         raise ConfigError(f"WANDB_MODE: expected one of {', '.join(MODES)}, got {mode!r}")
@@ -257,7 +282,7 @@ def _wandb(env: Mapping[str, str], alerts: bool) -> WandbSettings:
         entity=_value(env, "WANDB_ENTITY"),
         mode=mode,
         directory=Path(directory) if directory else None,
-        base_url=_value(env, "WANDB_BASE_URL"),
+        base_url=base_url,
         api_key=_secret(env, "WANDB_API_KEY"),
         alerts=alerts,
     )
@@ -293,10 +318,10 @@ class NotificationConfig:
             raise ConfigError("[notifications] must be a table")
         values = _resolve(section or {}, env)
         timeouts = HttpTimeouts(values["connect_timeout"], values["read_timeout"])
-        webhook = _secret(env, "SKYGUARD_DISCORD_WEBHOOK_URL")
+        webhook = _secret(env, DISCORD_WEBHOOK_VAR)
         if webhook is not None and not is_http_url(webhook.reveal()):
             # The value is a secret: name the variable, never quote it.
-            raise ConfigError("SKYGUARD_DISCORD_WEBHOOK_URL: expected an http(s) URL")
+            raise ConfigError(f"{DISCORD_WEBHOOK_VAR}: expected an http(s) URL")
         return cls(
             enabled=values["enabled"],
             channels=values["channels"],
@@ -304,7 +329,7 @@ class NotificationConfig:
             retry=RetrySettings(tries=values["tries"]),
             discord=DiscordSettings(webhook, values["discord_username"], timeouts),
             github=GitHubSettings(
-                token=_secret(env, "SKYGUARD_GITHUB_TOKEN", "GITHUB_TOKEN"),
+                token=_secret(env, GITHUB_TOKEN_VAR, "GITHUB_TOKEN"),
                 repo=values["github_repo"],
                 api_url=values["github_api_url"],
                 context=values["github_context"] or None,
@@ -340,8 +365,12 @@ class NotificationConfig:
             log_command = None
         dashboard = None
         if self.dashboard_url and (self.managed_job_id or "{job_id}" not in self.dashboard_url):
+            # Values are URL-encoded: a job name with a space, '&' or '#' must not
+            # break the link (GitHub refuses a target_url that is not a URI).
             dashboard = self.dashboard_url.format(
-                job_id=self.managed_job_id or "", task_id=task_id, job_name=job_name
+                job_id=quote(self.managed_job_id or "", safe=""),
+                task_id=quote(task_id, safe=""),
+                job_name=quote(job_name, safe=""),
             )
         return Links(
             log_command=log_command,

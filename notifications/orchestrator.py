@@ -332,7 +332,12 @@ class Orchestrator:
         if delivery is None:
             delivery = Delivery.failed(notifier.name, "no result")
         if delivery.transient and tries < self.retry.tries:
-            delivery = replace(delivery, detail=f"{delivery.detail}; no time left for another try")
+            wait = delivery.retry_after
+            if wait is not None and time.monotonic() + wait >= deadline:
+                why = f"the server asked to wait {wait:.3g}s, past the deadline"
+            else:
+                why = "no time left for another try"
+            delivery = replace(delivery, detail=f"{delivery.detail}; {why}")
         return replace(delivery, attempts=tries if delivery.attempts else 0)
 
     def _log(self, event: Event, delivery: Delivery) -> None:

@@ -2,8 +2,9 @@
 
 Cheap by design: standard library only, at most one write per ``min_interval``
 (default: a tenth of the runner's timeout, at most 1 s), each write an atomic
-replace of a tiny file. Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``)
-every call is a no-op, so the same script runs anywhere.
+replace of a tiny file; a write that fails (full disk) leaves no temp file behind.
+Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``) every call is a no-op, so
+the same script runs anywhere.
 
 There is deliberately no background thread: a thread would keep beating while
 the training loop is stuck in a collective, which is exactly the hang to catch.
@@ -11,6 +12,8 @@ the training loop is stuck in a collective, which is exactly the hang to catch.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import tempfile
 import time
@@ -29,7 +32,7 @@ def _default_interval() -> float:
         timeout = float(os.environ.get(ENV_TIMEOUT, "0"))
     except ValueError:
         timeout = 0.0
-    return min(1.0, timeout / 10) if timeout > 0 else 1.0
+    return min(1.0, timeout / 10) if math.isfinite(timeout) and timeout > 0 else 1.0
 
 
 class Heartbeat:
@@ -61,13 +64,22 @@ class Heartbeat:
         stackdump.register()
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
+        except OSError:
+            return False
+        try:
             try:
                 os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
             finally:
                 os.close(fd)
             os.replace(temp, self.path)
-        except OSError:
-            return False
+        except BaseException as error:
+            # A full disk or a directory where the file should be: at one beat a
+            # second, every temp file left behind would be ~86,000 a day.
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            if isinstance(error, OSError):
+                return False
+            raise
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:

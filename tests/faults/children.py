@@ -8,6 +8,7 @@ for the test poll for ``$FAULT_GO``.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -202,6 +203,32 @@ def beat_forever() -> int:
         time.sleep(0.05)
 
 
+def print_after_go(lines: str, code: str) -> int:
+    """Print once the test says so (the runner's own stdout is closed by then), then exit."""
+    ready()
+    wait_for_go()
+    for index in range(int(lines)):
+        print(f"after go {index}", flush=True)
+    return int(code)
+
+
+def print_env() -> int:
+    """What a training script's ``env`` dump would put in the log."""
+    for name, value in sorted(os.environ.items()):
+        print(f"{name}={value}")
+    return 0
+
+
+def beat_into_full_disk(count: str) -> int:
+    """Every heartbeat write fails as on a full disk: no file may grow past 0 bytes."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    beat = Heartbeat(min_interval=0)
+    failed = sum(1 for _ in range(int(count)) if not beat.beat())
+    print(f"beat-into-full-disk: {failed} failed beats", flush=True)
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -219,6 +246,9 @@ MODES: dict[str, Callable[..., int]] = {
     "delete-heartbeat": delete_heartbeat,
     "beat-for": beat_for,
     "beat-forever": beat_forever,
+    "print-after-go": print_after_go,
+    "beat-into-full-disk": beat_into_full_disk,
+    "print-env": print_env,
 }
 
 

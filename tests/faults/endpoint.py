@@ -66,7 +66,8 @@ def _closed_port() -> int:
 
 @contextlib.contextmanager
 def serve(mode: str) -> Iterator[Endpoint]:
-    """``down``: nothing listens; ``429``: rate-limits the first two posts; ``slow``: stalls."""
+    """``down``: nothing listens; ``429``: rate-limits the first two posts; ``slow``: stalls;
+    anything else (``ok``): answers 204."""
     path = f"/api/webhooks/1/{TOKEN}"
     if mode == "down":
         yield Endpoint(f"http://127.0.0.1:{_closed_port()}{path}", mode)

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
@@ -64,6 +65,12 @@ mount --bind "$FAULT_STATE" "$FAULT_STATE" &&
 touch "$FAULT_GO"
 wait "$runner"
 """
+#: ``skyguard run ... 2>&1 | head -1``: the runner's stdout and stderr are one pipe whose
+#: reader is gone (not merely slow) by the time ``$FAULT_GO`` exists.
+HEAD_WRAPPER = r"""
+"$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
+exit "${PIPESTATUS[0]}"
+"""
 
 
 @dataclass
@@ -97,9 +104,15 @@ class Finished:
     elapsed: float
     endpoint: Endpoint | None = None
 
+    #: The runner's stdout and stderr were closed early: nothing printed can be read.
+    output_closed: bool = False
+
     @property
     def printed(self) -> dict[str, Any]:
-        """The ``skyguard: termination {...}`` line: printed even when it cannot be written."""
+        """The ``skyguard: termination {...}`` line: printed even when it cannot be written
+        (the record on disk where the runner's own output was closed)."""
+        if self.output_closed:
+            return {k: v for k, v in self.on_disk.items() if k != "history"}
         match = re.search(r"^skyguard: termination (\{.*\})$", self.stderr, re.MULTILINE)
         assert match, f"no termination line in stderr:\n{self.stderr[-3000:]}"
         data: dict[str, Any] = json.loads(match.group(1))
@@ -132,7 +145,8 @@ class Scenario:
     seed: str = "attempt"
     #: History length on disk afterwards; None when nothing can be on disk.
     history: int | None = 2
-    #: "plain", "read-only" (mount namespace) or "clock+N" / "clock-N" (jumped wall clock).
+    #: "plain", "read-only" (mount namespace), "clock+N" / "clock-N" (jumped wall clock)
+    #: or "head-1" (the runner's stdout and stderr piped into ``head -1``).
     launcher: str = "plain"
     action: Action | None = None
     check: Check | None = None
@@ -144,6 +158,11 @@ class Scenario:
     #: A known defect this scenario exposes (strict xfail: fixing it turns the test red
     #: until the mark is removed).
     known_bug: str = ""
+    #: Files written before the run, as (path under the test's tmp dir, content);
+    #: ``state/...`` is inside the state dir, a path ending in ``/`` is a directory.
+    files: tuple[tuple[str, str], ...] = ()
+    #: Holds something alive for the whole run (given the test's tmp dir).
+    around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -275,6 +294,49 @@ def slow_endpoint_bounded(done: Finished) -> None:
     notification_failed(done)
     # Three tries of a 10 s read timeout would take 30 s; the deadline is 2 s per phase.
     assert done.elapsed < 20, f"runner took {done.elapsed:.1f}s with a stalled endpoint"
+
+
+# --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ------------
+
+#: The user's own credential (stays) and skyguard's (removed from the command's env).
+USER_KEY = "wandb-user-key-the-training-code-needs"
+SKYGUARD_SECRETS = {
+    COORD_SECRET_VAR: "faultmatrix-coordination-secret",
+    GITHUB_TOKEN_VAR: "faultmatrix-github-token",
+}
+
+
+def credentials_kept_from_command(done: Finished) -> None:
+    for text in (done.stdout.read_text(), done.log.read_text()):
+        assert f"WANDB_API_KEY={USER_KEY}\n" in text, "the user's own credential was removed"
+        assert "SKYGUARD_HEARTBEAT_FILE=" in text, "no env dump"
+        for secret in (TOKEN, *SKYGUARD_SECRETS.values()):
+            assert secret not in text, "one of skyguard's credentials reached the command"
+
+
+def told_despite_closed_output(done: Finished) -> None:
+    assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
+        "head -1 read no line"
+    )
+    assert done.endpoint is not None
+    ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
+    assert ends, f"observers never told of the end: {done.endpoint.posts}"
+
+
+# --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
+
+
+def stderr_has(text: str) -> Check:
+    def check(done: Finished) -> None:
+        assert text in done.stderr, done.stderr[-3000:]
+
+    return check
+
+
+def no_beat_temp_files_left(done: Finished) -> None:
+    assert "beat-into-full-disk: 200 failed beats" in done.stdout.read_text()
+    left = [path.name for path in done.state_dir.iterdir() if path.name.startswith(".beat.")]
+    assert not left, f"{len(left)} heartbeat temp files left behind"
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -436,6 +498,60 @@ SCENARIOS: tuple[Scenario, ...] = (
         endpoint="slow",
         check=slow_endpoint_bounded,
     ),
+    # --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ---
+    Scenario(
+        "credentials-kept-from-command",
+        child("print-env"),
+        "completed",
+        0,
+        endpoint="ok",
+        extra_env={**SKYGUARD_SECRETS, "WANDB_API_KEY": USER_KEY},
+        check=credentials_kept_from_command,
+    ),
+    Scenario(
+        "runner-output-closed",
+        child("print-after-go", "50", "4"),
+        "job_failed",
+        4,
+        launcher="head-1",
+        endpoint="ok",
+        check=told_despite_closed_output,
+    ),
+    # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
+    Scenario(
+        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+        "config-grace-nan",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--config", "{tmp}/run.toml"),
+        files=(("run.toml", "[run]\ngrace = nan\n"),),
+        check=stderr_has("[run] grace: not a finite number: nan"),
+    ),
+    Scenario(
+        "config-busbw-inf",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--preflight-min-busbw", "inf"),
+        check=stderr_has("--preflight-min-busbw: not a finite number"),
+    ),
+    Scenario(
+        "heartbeat-file-is-a-directory",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--heartbeat-file", "{tmp}/hbdir"),
+        files=(("hbdir/", ""),),
+        check=stderr_has("hbdir is a directory"),
+    ),
+    Scenario(
+        "heartbeat-writes-fail-leave-no-temp-files",
+        child("beat-into-full-disk", "200"),
+        "completed",
+        0,
+        check=no_beat_temp_files_left,
+    ),
 )
 
 #: What the runner's notifications are set to when a scenario has an endpoint.
@@ -459,6 +575,8 @@ def _launch(
     if scenario.launcher == "read-only":
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher == "head-1":
+        return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
     if scenario.launcher.startswith("clock"):
         env["CLOCK_JUMP"] = scenario.launcher.removeprefix("clock")
         return [PYTHON, CLOCK_JUMP, *runner_args]
@@ -466,10 +584,10 @@ def _launch(
 
 
 def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psutil.Process | None:
-    """The runner itself (below the wrapper shell in the read-only scenario)."""
+    """The runner itself (below the wrapper shell in the read-only and head-1 scenarios)."""
     try:
         top = psutil.Process(process.pid)
-        if scenario.launcher != "read-only":
+        if scenario.launcher not in ("read-only", "head-1"):
             return top
         for candidate in top.children():
             if "devops.skypilot" in candidate.cmdline():
@@ -485,6 +603,16 @@ def _seed(state_dir: Path, how: str) -> None:
         StateDir(state_dir).record(SEED, [])
     elif how == "corrupt":
         (state_dir / "termination.json").write_text(CORRUPT)
+
+
+def _write_files(tmp_path: Path, files: tuple[tuple[str, str], ...]) -> None:
+    for name, content in files:
+        path = tmp_path / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
 
 
 def _can_remount() -> bool:
@@ -516,6 +644,10 @@ def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) 
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(serve(scenario.endpoint)) if scenario.endpoint else None
+        _seed(tmp_path / "state", scenario.seed)
+        _write_files(tmp_path, scenario.files)
+        if scenario.around is not None:
+            stack.enter_context(scenario.around(tmp_path))
         done = _run(scenario, skyguard, tmp_path, endpoint)
     _verify(scenario, done)
 
@@ -524,14 +656,14 @@ def _run(
     scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path, endpoint: Endpoint | None
 ) -> Finished:
     state_dir = tmp_path / "state"
-    _seed(state_dir, scenario.seed)
     ready, go = tmp_path / "ready", tmp_path / "go"
     env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
     if endpoint is not None:
         env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
     env.update(scenario.extra_env)
     command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
-    runner_args = ["--state-dir", str(state_dir), *scenario.options, "--", *command]
+    options = [part.replace("{tmp}", str(tmp_path)) for part in scenario.options]
+    runner_args = ["--state-dir", str(state_dir), *options, "--", *command]
     argv = _launch(skyguard, scenario, runner_args, env)
     stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
     stderr_path = tmp_path / "stderr"
@@ -565,10 +697,25 @@ def _run(
         peak_rss,
         time.monotonic() - started,
         endpoint,
+        output_closed=scenario.launcher == "head-1",
     )
 
 
+def _verify_config_error(scenario: Scenario, done: Finished) -> None:
+    """Bad input: one line and exit 2, nothing started, the state dir untouched."""
+    assert done.returncode == scenario.exit_code == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("skyguard: error: "), done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    if scenario.seed == "attempt":
+        assert done.on_disk == {**SEED.to_json(), "history": [SEED.to_json()]}
+    if scenario.check is not None:
+        scenario.check(done)
+
+
 def _verify(scenario: Scenario, done: Finished) -> None:
+    if scenario.reason == "config_error":
+        _verify_config_error(scenario, done)
+        return
     printed = done.printed
     assert (printed["reason"], printed["exit_code"]) == (scenario.reason, scenario.exit_code), (
         done.stderr[-3000:]

@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -156,20 +156,41 @@ def discord_validate(request: Request) -> Reply | None:
     return None
 
 
-def github_validator(token: str, repo: str = "octo/trainer") -> Validator:
-    """GitHub's statuses endpoint: 401 bad token, 404 other repo, 422 bad fields."""
+def github_validator(
+    token: str, repo: str = "octo/trainer", moved: Mapping[str, int] | None = None
+) -> Validator:
+    """GitHub's statuses endpoint: 401 bad token, 404 other repo, 422 bad fields (with
+    ``errors[]`` as GitHub sends them). ``moved`` maps an old ``owner/name`` to the
+    repository id it was renamed or transferred to: 301 to ``/repositories/<id>/...``."""
+
+    def invalid(field: str, message: str) -> Reply:
+        error = {"resource": "Status", "code": "custom", "field": field, "message": message}
+        return Reply(422, {"message": "Validation Failed", "errors": [error], "status": "422"})
 
     def validate(request: Request) -> Reply | None:
         if request.headers.get("Authorization") != f"Bearer {token}":
             return Reply(401, {"message": "Bad credentials", "status": "401"})
         # GitHub Enterprise serves the same API under /api/v3.
-        if not re.fullmatch(rf"(/api/v3)?/repos/{repo}/statuses/[0-9a-f]{{40}}", request.path):
+        match = re.fullmatch(
+            r"(/api/v3)?/repos/([^/]+/[^/]+)/statuses/([0-9a-f]{40})", request.path
+        )
+        if match and moved and match.group(2) in moved:
+            new = f"{match.group(1) or ''}/repositories/{moved[match.group(2)]}/statuses/"
+            location = f"http://{request.headers['Host']}{new}{match.group(3)}"
+            body = {"message": "Moved Permanently", "url": location}
+            return Reply(301, body, {"Location": location})
+        renamed = re.fullmatch(r"(/api/v3)?/repositories/(\d+)/statuses/[0-9a-f]{40}", request.path)
+        if not (match and match.group(2) == repo) and not (
+            renamed and moved and int(renamed.group(2)) in moved.values()
+        ):
             return Reply(404, {"message": "Not Found"})
         body = request.json
         if body.get("state") not in {"pending", "success", "failure", "error"}:
-            return Reply(422, {"message": "Validation Failed: state"})
+            return invalid("state", "state is not included in the list")
         if len(body.get("description", "")) > 140:
-            return Reply(422, {"message": "Validation Failed: description"})
+            return invalid("description", "description is too long (maximum is 140 characters)")
+        if len(body.get("context", "")) > 255:
+            return invalid("context", "context is too long (maximum is 255 characters)")
         return None
 
     return validate

@@ -144,7 +144,7 @@ def test_a_retry_after_beyond_the_deadline_gives_up_at_once(
         make_event()
     )
     assert delivery.status is DeliveryStatus.FAILED
-    assert "no time left" in delivery.detail
+    assert "asked to wait 60s, past the deadline" in delivery.detail
     assert sleep.waits == [] and len(server.requests) == 1
 
 

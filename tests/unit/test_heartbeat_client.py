@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,42 @@ def test_module_level_beat(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_unwritable_heartbeat_never_crashes_training(tmp_path: Path) -> None:
     beat = Heartbeat(tmp_path / "gone" / "hb", min_interval=0)
     assert beat.beat() is False  # the directory does not exist: no exception
+
+
+def test_beat_into_a_directory_leaves_no_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "hb").mkdir()
+    beat = Heartbeat(tmp_path / "hb", min_interval=0)
+    assert [beat.beat() for _ in range(5)] == [False] * 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hb"]
+
+
+FULL_DISK = """
+import resource, signal, sys
+from devops.skypilot.heartbeat import Heartbeat
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+beat = Heartbeat(sys.argv[1], min_interval=0)
+print(sum(1 for _ in range(50) if not beat.beat()))
+"""
+
+
+def test_failed_writes_leave_no_temp_file(tmp_path: Path) -> None:
+    """A real write failure (EFBIG: no file may grow past 0 bytes, as on a full disk)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path / "hb")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "50"  # every beat failed, none raised
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "soon"])
+def test_a_bad_timeout_variable_keeps_the_default_pace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    monkeypatch.setenv("SKYGUARD_HEARTBEAT_TIMEOUT", value)
+    assert Heartbeat(tmp_path / "hb").min_interval == 1.0

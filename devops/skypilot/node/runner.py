@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.console import say
+from devops.skypilot.common.credentials import without_credentials
 from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
@@ -142,7 +143,8 @@ class Runner:
         except OSError as error:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
-        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
+        # A closed stderr (``| head -1``) loses the line, never the code or the observers.
+        say(f"skyguard: termination {json.dumps(termination.to_json())}")
         self._tell("on_end", ctx, termination)
         self._tell("close")
         return termination
@@ -273,7 +275,9 @@ class Runner:
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)
 
     def _base_env(self) -> dict[str, str]:
-        return {**self.extensions.env_defaults, **os.environ}
+        """The command's environment before skyguard's own variables: skyguard's
+        credentials are removed, so an ``env`` dump in the training log leaks none."""
+        return without_credentials({**self.extensions.env_defaults, **os.environ})
 
     def _child_env(self, ctx: JobContext) -> dict[str, str]:
         env = self._base_env()
@@ -311,9 +315,19 @@ def prepare_state_dir(config: RunConfig) -> None:
     """Create the state dir and the heartbeat file's dir, or fail as a config error."""
     try:
         StateDir(config.state_dir).ensure_writable()
-        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+    heartbeat = config.heartbeat_file
+    if heartbeat.is_dir():
+        raise ConfigError(
+            f"heartbeat file {heartbeat} is a directory (--heartbeat-file names a file)"
+        )
+    try:
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"heartbeat file {heartbeat}: cannot create its directory: {error}"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR
 from devops.skypilot.common.termination import (
     EXIT_RETRY,
     Termination,
@@ -29,7 +30,7 @@ from devops.skypilot.node.state import write_json_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 29411
-SECRET_VAR = "SKYGUARD_COORD_SECRET"
+SECRET_VAR = COORD_SECRET_VAR  # one name, kept with the other credentials
 SIGNATURE_HEADER = "X-Skyguard-Signature"
 STATE_FILE = "coordination.json"
 HEAD_RANK = 0
