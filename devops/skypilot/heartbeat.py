@@ -3,7 +3,7 @@
 Cheap by design: standard library only, at most one write per ``min_interval``
 (default: a tenth of the runner's timeout, at most 1 s), each write an atomic
 replace of a tiny file; a write that fails (full disk) leaves no temp file behind
-and falls back to touching the file, which needs no free space.
+and falls back to touching the file (creating it empty), which needs no free space.
 Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``) every call is a no-op, so
 the same script runs anywhere.
 
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from devops.skypilot import stackdump
 
 ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
 ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
@@ -59,6 +61,8 @@ class Heartbeat:
             return False
         self._last = now
         self.count += 1
+        # Once per process: lets the runner ask for this process's stacks on a hang.
+        stackdump.register()
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
         except OSError:
@@ -80,11 +84,12 @@ class Heartbeat:
         return True
 
     def _touch(self) -> bool:
-        """A new mtime is a beat too, and needs no free space: a disk filled by the
-        training log (or anything else) must not make a live job look hung."""
+        """A new mtime (or a new empty file) is a beat too, and needs no free space: a
+        disk filled by the training log must not make a live job look hung."""
         assert self.path is not None
         try:
-            fd = os.open(self.path, os.O_WRONLY)  # EISDIR: a directory is no heartbeat file
+            # EISDIR: a directory is no heartbeat file.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError:
             return False
         try:

@@ -26,6 +26,7 @@ import psutil
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
+from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -39,6 +40,7 @@ from devops.skypilot.common.termination import (
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -77,6 +79,8 @@ class Runner:
         self.config = config
         self.extensions = extensions or RunnerExtensions()
         self.state = StateDir(config.state_dir)
+        #: Where a hung attempt's processes were; set before its tree is stopped.
+        self.forensics: Forensics | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
@@ -105,10 +109,8 @@ class Runner:
             state_dir=config.state_dir,
             started_at=utc_now(),
         )
-        with contextlib.suppress(OSError):
-            # Empty, not absent: once the disk is full the client beats by touching it.
-            # A file left as it was is no beat either (the monitor starts from its state).
-            config.heartbeat_file.write_bytes(b"")
+        with contextlib.suppress(FileNotFoundError):
+            config.heartbeat_file.unlink()
         become_subreaper()
         try:
             with SignalWaker() as waker:
@@ -126,7 +128,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=child.detail(decision.detail),
+            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -134,6 +136,7 @@ class Runner:
             duration=round(outcome.duration, 3),
             node_rank=config.node_rank,
             task_id=config.task_id,
+            forensics=self.forensics,
         )
         try:
             self.state.record(termination, history)
@@ -194,6 +197,13 @@ class Runner:
                 process.pid,
             )
             verdict = self._watch(process, monitors, waker, ctx, started)
+            # Before SIGTERM, while the hung processes are still where they hung.
+            self.forensics = before_stop(
+                verdict,
+                process.descendants(),
+                attempt_dir(config.state_dir, ctx.attempt),
+                config.forensics_timeout,
+            )
         finally:
             process.stop(config.grace)
             process.close()
@@ -278,6 +288,8 @@ class Runner:
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,
+            # The heartbeat client registers a stack dump there (no-ptrace forensics).
+            SKYGUARD_FORENSICS_DIR=str(attempt_dir(self.config.state_dir, ctx.attempt)),
         )
         return env
 
@@ -350,6 +362,15 @@ def filesystem_type(path: Path) -> str:
         if inside and len(mount) > len(best):
             best, fstype = mount, partition.fstype
     return fstype
+
+
+def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+    """The summary rides in the detail too: every channel and `skyguard status` show
+    the detail, each within its own limits. A capture that found no Python stack (a
+    shell script) stays in the record only."""
+    if forensics is None or not forensics.captured:
+        return detail
+    return f"{detail}; stacks: {forensics.summary}"
 
 
 def _feed(monitors: Sequence[Monitor], line: str) -> None:
