@@ -147,6 +147,8 @@ def _termination(data: object) -> str:
         ({**GOOD, "history": [{**GOOD, "signal": 15}]}, "signal: expected a string or null"),
         ({**GOOD, "history": [{**GOOD, "node_rank": -1}]}, "node_rank: expected a whole number"),
         ({**GOOD, "exit_code": None, "history": [GOOD]}, "exit_code: expected an exit code"),
+        ({**GOOD, "history": [{**GOOD, "forensics": "x"}]}, "forensics: expected a JSON object"),
+        ({**GOOD, "history": [{**GOOD, "forensics": {"summary": 1}}]}, "forensics: missing"),
         ('{"history": [{"duration": NaN}]}', "history[0]: missing fields"),
         ("[null]", "expected a JSON object, got [None]"),
     ],

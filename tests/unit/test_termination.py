@@ -195,7 +195,7 @@ def test_every_record_field_is_checked_when_read_back() -> None:
 
     from devops.skypilot.common.termination import RECORD_FIELDS, Termination
 
-    assert set(RECORD_FIELDS) == {f.name for f in dataclasses.fields(Termination)}
+    assert {*RECORD_FIELDS, "forensics"} == {f.name for f in dataclasses.fields(Termination)}
     record = Termination(R.COMPLETED, 0, 0, None, "d", "", 1, "s", "e", 1.5, 0, "t")
     assert Termination.from_json(record.to_json()) == record
     assert Termination.from_json({**record.to_json(), "duration": 2}).duration == 2.0

@@ -37,6 +37,7 @@ COUNT = Kind("a whole number >= 0", lambda value: _whole(value) and value >= 0)
 ATTEMPT = Kind("a whole number >= 1", lambda value: _whole(value) and value >= 1)
 EXIT_CODE = Kind("an exit code 0-255", lambda value: _whole(value) and 0 <= value <= 255)
 SECONDS = Kind("a finite number of seconds >= 0", lambda value: _finite(value) and value >= 0)
+OBJECT = Kind("a JSON object", lambda value: isinstance(value, Mapping))
 #: Linux pids stay below 2**22; 0 means "not recorded".
 PID = Kind("a pid", lambda value: _whole(value) and 0 <= value < 2**22)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from devops.skypilot.common import fields
 from devops.skypilot.common.fields import checked
+from devops.skypilot.common.forensics import Forensics
 
 EXIT_SUCCESS = 0
 EXIT_CONFIG_ERROR = 2
@@ -121,6 +122,8 @@ class Verdict:
     #: An exit code the verdict imposes: a peer node's final code, so that every
     #: node of a job ends alike and SkyPilot does not restart a job one node gave up on.
     exit_code: int | None = None
+    #: Ranks the verdict blames (the ones that stopped beating first), if it knows.
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -308,18 +311,27 @@ class Termination:
     duration: float
     node_rank: int
     task_id: str
+    #: Where a hung job's processes were, captured before the stop; None otherwise
+    #: (and in records written before forensics existed).
+    forensics: Forensics | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["reason"] = self.reason.value
+        data["forensics"] = self.forensics.to_json() if self.forensics else None
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> Termination:
         """Build a record from JSON, every field checked; ValueError names a bad one."""
-        values = checked(data, RECORD_FIELDS)
+        values = checked(data, RECORD_FIELDS, {"forensics": fields.optional(fields.OBJECT)})
         values["reason"] = TerminationReason(values["reason"])
         values["duration"] = float(values["duration"])
+        raw = values.get("forensics")
+        try:
+            values["forensics"] = None if raw is None else Forensics.from_json(raw)
+        except ValueError as error:
+            raise ValueError(f"forensics: {error}") from None
         return cls(**values)
 
     def summary(self) -> AttemptSummary:
