@@ -383,6 +383,23 @@ def skyguard_lookalike(tmp_path: Path, *, stamped: bool) -> Iterator[None]:
         decoy.wait()
 
 
+#: A batch-size finder's caught out-of-memory error, as torch prints it.
+RECOVERED_OOM = """Traceback (most recent call last):
+  File "train.py", line 88, in find_batch_size
+    loss = model(batch).sum()
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total \
+capacity of 79.15 GiB of which 1.25 GiB is free.
+batch size 512 does not fit; trying 256"""
+GPU_LOST = (
+    "Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. "
+    "Reboot the system to recover this GPU"
+)
+IB_COMPLETION_ERROR = (
+    "node-1:3468:3905 [4] ib_plugin.c:1615 NCCL WARN NET/IB : Got completion from peer "
+    "10.0.0.2<54862> with status=12 opcode=0 len=0 vendor err 129 (Recv)"
+)
+
+
 def no_beat_temp_files_left(done: Finished) -> None:
     assert "beat-into-full-disk: 200 failed beats" in done.stdout.read_text()
     left = [path.name for path in done.state_dir.iterdir() if path.name.startswith(".beat.")]
@@ -658,6 +675,43 @@ SCENARIOS: tuple[Scenario, ...] = (
             *((f"state/logs/attempt-{n}.log", "") for n in (1, 2, 3)),
         ),
         check=detail_has("retry budget spent: 3 retryable ends"),
+    ),
+    Scenario(
+        "log-xid-health-summary-is-not-fatal",
+        child("say", "gpu health: 0 Xid errors in the last 24h, ECC ok"),
+        "completed",
+        0,
+    ),
+    Scenario("log-recovered-oom-is-not-fatal", child("say", RECOVERED_OOM), "completed", 0),
+    Scenario(
+        # The caught OOM is 1,200 lines before an unrelated failure: it does not explain it.
+        "log-recovered-oom-explains-no-later-crash",
+        child("say", RECOVERED_OOM, "0.2", "3", "1200"),
+        "job_failed",
+        3,
+    ),
+    Scenario(
+        # Seed 3 holds "Xid" between non-word bytes twice: the old bare-word pattern's bait.
+        "log-random-bytes-20mb-are-not-fatal",
+        child("random-bytes", "20", "3"),
+        "completed",
+        0,
+        keep_stdout=False,
+    ),
+    Scenario(
+        "log-gpu-lost-stops-the-job",
+        child("say", GPU_LOST, "10"),
+        "cuda_error",
+        75,
+        signal="SIGTERM",
+        check=detail_has("GPU is lost"),
+    ),
+    Scenario(
+        "log-ib-completion-error-explains-a-failure",
+        child("say", IB_COMPLETION_ERROR, "0.2", "1"),
+        "nccl_error",
+        75,
+        check=detail_has("command exited 1; fatal log line: node-1:3468:3905"),
     ),
     *(
         Scenario(
