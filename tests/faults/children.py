@@ -8,6 +8,7 @@ for the test poll for ``$FAULT_GO``.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 import signal
@@ -249,6 +250,26 @@ def beat_into_full_disk(count: str) -> int:
     return 0
 
 
+def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
+    """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
+    a job that prints something alarming and then goes on (or fails on its own)."""
+    print(text, flush=True)
+    for step in range(int(filler)):
+        print(f"step {step} loss 0.1")
+    beat_for(seconds)
+    return int(code)
+
+
+def random_bytes(megabytes: str, seed: str) -> int:
+    """``megabytes`` MB of seeded random bytes on stdout, then a second of beats, exit 0."""
+    data = random.Random(int(seed)).randbytes(int(megabytes) * 2**20)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view[:65536]) :]
+    beat_for("1")
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -268,6 +289,8 @@ MODES: dict[str, Callable[..., int]] = {
     "beat-forever": beat_forever,
     "print-after-go": print_after_go,
     "beat-into-full-disk": beat_into_full_disk,
+    "say": say,
+    "random-bytes": random_bytes,
     "print-env": print_env,
     "fill-log-disk": fill_log_disk,
 }
