@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from devops.skypilot.node.forensics.capture import find_py_spy
@@ -44,6 +45,15 @@ def test_a_hung_rank_is_named_before_the_kill(skyguard: SkyguardRunner) -> None:
     stacks = Path(forensics["directory"]) / "stacks.txt"
     assert stacks.read_text().startswith(forensics["summary"] + "\n")
     assert forensics["directory"] == str(result.state_dir / "forensics" / "attempt-1")
+    state = str(result.state_dir)
+    status = subprocess.run(
+        [PYTHON, "-m", "devops.skypilot", "status", "exp", "--offline", "--state-dir", state],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"stacks: {forensics['summary']}" in status.stdout, status.stderr
 
 
 def test_a_rank_that_ignores_sigterm_is_named_and_then_killed(skyguard: SkyguardRunner) -> None:
