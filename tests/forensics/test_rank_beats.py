@@ -13,6 +13,8 @@ from devops.skypilot.node.monitors.rank_beats import RankBeats
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 
 LAUNCH = str(REPO / "tests" / "forensics" / "launch.py")
+#: The startup grace covers slow starts on a loaded machine.
+WATCH = ("--heartbeat-timeout", "1", "--startup-grace", "60")
 
 
 def _beat(path: Path, pid: int) -> None:
@@ -100,7 +102,7 @@ def test_the_monitor_blames_the_silent_rank(tmp_path: Path) -> None:
 
 
 def test_a_rank_that_hangs_while_the_other_beats_is_caught(skyguard: SkyguardRunner) -> None:
-    result = skyguard.run([PYTHON, LAUNCH, "beating", "sleep"], "--heartbeat-timeout", "1")
+    result = skyguard.run([PYTHON, LAUNCH, "beating", "sleep"], *WATCH)
     assert result.returncode == 75, result.stderr
     record = result.record
     assert record["reason"] == "heartbeat_timeout"
@@ -112,5 +114,5 @@ def test_a_rank_that_hangs_while_the_other_beats_is_caught(skyguard: SkyguardRun
 
 
 def test_a_rank_that_finished_early_is_not_a_hang(skyguard: SkyguardRunner) -> None:
-    result = skyguard.run([PYTHON, LAUNCH, "work", "exit"], "--heartbeat-timeout", "1")
+    result = skyguard.run([PYTHON, LAUNCH, "work", "exit"], *WATCH)
     assert (result.returncode, result.record["reason"]) == (0, "completed"), result.stderr

@@ -12,7 +12,9 @@ from tests.conftest import PYTHON, REPO, SkyguardRunner
 
 LAUNCH = str(REPO / "tests" / "forensics" / "launch.py")
 HUNG = REPO / "tests" / "forensics" / "hung.py"
-HANG = ("--heartbeat-timeout", "1", "--forensics-timeout", "3")
+#: The startup grace covers slow starts on a loaded machine; the hang itself is
+#: caught 1 s after the ranks' last beat.
+HANG = ("--heartbeat-timeout", "1", "--startup-grace", "60", "--forensics-timeout", "3")
 
 
 def _line_of(text: str) -> int:
@@ -73,8 +75,10 @@ def test_a_hanging_py_spy_does_not_hold_the_stop(skyguard: SkyguardRunner, tmp_p
         [PYTHON, LAUNCH, "collective", "syscall"],
         "--heartbeat-timeout",
         "1",
+        "--startup-grace",
+        "60",
         "--forensics-timeout",
-        "0.5",
+        "2",
         env=env,
     )
     assert result.returncode == 75, result.stderr
@@ -101,6 +105,8 @@ def test_no_capture_for_a_crash_a_success_or_when_turned_off(
         [PYTHON, LAUNCH, "sleep"],
         "--heartbeat-timeout",
         "1",
+        "--startup-grace",
+        "60",
         "--forensics-timeout",
         "0",
         state_dir=tmp_path / "off",
