@@ -21,6 +21,7 @@ from devops.skypilot.node.environment import (
     torchrun_command,
 )
 from tests.conftest import REPO, TAG_VAR
+from tests.ports import reserve_port
 
 TWO_NODES = {
     "SKYPILOT_NODE_RANK": "1",
@@ -176,7 +177,7 @@ def test_torchrun_starts_the_ranks_with_our_rendezvous(tmp_path: Path, leak_tag:
     argv = torchrun_command(
         from_env(env_vars),
         [str(script)],
-        master_port=_free_port(),
+        master_port=reserve_port(),
         nproc_per_node=2,
         launcher=[sys.executable, "-m", "torch.distributed.run"],
     )
@@ -191,15 +192,6 @@ def test_torchrun_starts_the_ranks_with_our_rendezvous(tmp_path: Path, leak_tag:
     assert sorted(info["RANK"] for info in infos) == ["0", "1"]
     assert {info["MASTER_ADDR"] for info in infos} == {"127.0.0.1"}
     assert {info["WORLD_SIZE"] for info in infos} == {"2"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _clean_env() -> dict[str, str]:

@@ -29,7 +29,7 @@ Protocol (HTTP/1.0 over the cluster network, JSON bodies of at most
 
 Security: each request carries ``X-Skyguard-Signature`` = HMAC-SHA256 over the
 head's session (``X-Skyguard-Session``), the sender's rank and request number
-(``X-Skyguard-Nonce: <node>.<n>``, counting from 1 in each session), method,
+(``X-Skyguard-Nonce: <node>.<n>``, counting up from 1), method,
 path and body, keyed with the per-task token ``HMAC(secret, task id)``. The
 head accepts each request number of a node once (a sliding window of 64 for
 requests that overtake each other) and only in its own session: a message
