@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from notifications.notifier import Delivery, Event, Level, Notifier, clean_text
 from notifications.secrets import Secret
@@ -94,12 +94,17 @@ class WandbSettings:
 
     def run_url(self) -> str | None:
         """The run's web page, when entity, project and id are known."""
-        if not (self.run_id and self.project and self.entity) or self.offline:
+        run_id, project, entity = self.run_id, self.project, self.entity
+        if not (run_id and project and entity) or self.offline:
             return None
         base = (self.base_url or PUBLIC_APP_URL).rstrip("/")
-        if urlsplit(base).hostname == PUBLIC_API_HOST:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return None
+        if parts.hostname == PUBLIC_API_HOST:
             base = PUBLIC_APP_URL
-        return f"{base}/{self.entity}/{self.project}/runs/{self.run_id}"
+        path = "/".join(quote(part, safe="") for part in (entity, project, "runs", run_id))
+        return f"{base}/{path}"
 
     def offline_runs(self) -> list[Path]:
         if not self.run_id:

@@ -13,7 +13,8 @@ import pytest
 from notifications.channels.discord import DiscordNotifier
 from notifications.channels.github import GitHubNotifier
 from notifications.channels.wandb import WandbNotifier
-from notifications.config import KEYS, ConfigError, NotificationConfig
+from notifications.config import ConfigError, NotificationConfig
+from notifications.config_keys import KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,6 +120,8 @@ def test_disabled_builds_no_notifiers() -> None:
         ({"deadline": "soon"}, {}, "notifications.deadline: expected a duration"),
         ({}, {"SKYGUARD_NOTIFY_DEADLINE": "-3"}, "SKYGUARD_NOTIFY_DEADLINE: expected a duration"),
         ({"deadline": 0}, {}, "notifications.deadline: must be more than 0"),
+        ({"deadline": float("nan")}, {}, "notifications.deadline: expected a finite duration"),
+        ({"read_timeout": float("inf")}, {}, "read_timeout: expected a finite duration"),
         ({"tries": 0}, {}, "notifications.tries: expected a whole number"),
         ({"channels": ["discord", "slack"]}, {}, "unknown channel slack"),
         ({"enabled": "maybe"}, {}, "notifications.enabled: expected true or false"),

@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.console import say
+from devops.skypilot.common.credentials import without_credentials
+from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -38,6 +39,7 @@ from devops.skypilot.common.termination import (
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -76,6 +78,8 @@ class Runner:
         self.config = config
         self.extensions = extensions or RunnerExtensions()
         self.state = StateDir(config.state_dir)
+        #: Where a hung attempt's processes were; set before its tree is stopped.
+        self.forensics: Forensics | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
@@ -92,13 +96,14 @@ class Runner:
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
+        history = self.state.with_lost_attempts(history, config.node_rank, config.task_id)
         runtime_used = sum(item.duration for item in history)
         setup = MonitorSetup(config, runtime_used, self._base_env())
         monitors = [*build_monitors(setup), *self.extensions.monitors]
         ctx = JobContext(
             job_name=config.job_name,
             task_id=config.task_id,
-            attempt=len(history) + 1,
+            attempt=max((item.attempt for item in history), default=0) + 1,
             node_rank=config.node_rank,
             num_nodes=config.num_nodes,
             state_dir=config.state_dir,
@@ -123,7 +128,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=decision.detail,
+            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -131,13 +136,15 @@ class Runner:
             duration=round(outcome.duration, 3),
             node_rank=config.node_rank,
             task_id=config.task_id,
+            forensics=self.forensics,
         )
         try:
             self.state.record(termination, history)
         except OSError as error:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
-        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
+        # A closed stderr (``| head -1``) loses the line, never the code or the observers.
+        say(f"skyguard: termination {json.dumps(termination.to_json())}")
         self._tell("on_end", ctx, termination)
         self._tell("close")
         return termination
@@ -190,6 +197,13 @@ class Runner:
                 process.pid,
             )
             verdict = self._watch(process, monitors, waker, ctx, started)
+            # Before SIGTERM, while the hung processes are still where they hung.
+            self.forensics = before_stop(
+                verdict,
+                process.descendants(),
+                attempt_dir(config.state_dir, ctx.attempt),
+                config.forensics_timeout,
+            )
         finally:
             process.stop(config.grace)
             process.close()
@@ -247,21 +261,16 @@ class Runner:
     def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
         try:
             self.state.checkpoint(
-                RunningAttempt(
-                    ctx.attempt,
-                    ctx.started_at,
-                    elapsed,
-                    utc_now(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
+                RunningAttempt.by_this_runner(ctx.attempt, ctx.started_at, elapsed, utc_now())
             )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)
 
     def _base_env(self) -> dict[str, str]:
-        return {**self.extensions.env_defaults, **os.environ}
+        """The command's environment before skyguard's own variables: skyguard's
+        credentials are removed, so an ``env`` dump in the training log leaks none."""
+        return without_credentials({**self.extensions.env_defaults, **os.environ})
 
     def _child_env(self, ctx: JobContext) -> dict[str, str]:
         env = self._base_env()
@@ -272,6 +281,8 @@ class Runner:
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,
+            # The heartbeat client registers a stack dump there (no-ptrace forensics).
+            SKYGUARD_FORENSICS_DIR=str(attempt_dir(self.config.state_dir, ctx.attempt)),
         )
         return env
 
@@ -297,9 +308,19 @@ def prepare_state_dir(config: RunConfig) -> None:
     """Create the state dir and the heartbeat file's dir, or fail as a config error."""
     try:
         StateDir(config.state_dir).ensure_writable()
-        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+    heartbeat = config.heartbeat_file
+    if heartbeat.is_dir():
+        raise ConfigError(
+            f"heartbeat file {heartbeat} is a directory (--heartbeat-file names a file)"
+        )
+    try:
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"heartbeat file {heartbeat}: cannot create its directory: {error}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -308,13 +329,20 @@ class ChildEnd:
 
     child_exit_code: int | None
     signal: str | None
+    #: Why ``logs/attempt-N.log`` misses some of its output (a full disk); None if complete.
+    log_problem: str | None = None
 
     @classmethod
     def of(cls, process: SupervisedProcess) -> ChildEnd:
         code = process.returncode
+        log = process.log_problem
         if code is None:
-            return cls(None, None)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
+            return cls(None, None, log)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None, log)
+
+    def detail(self, decided: str) -> str:
+        """The record's detail: the decision's, and the log's state when it is incomplete."""
+        return decided if self.log_problem is None else f"{decided}; {self.log_problem}"
 
 
 def filesystem_type(path: Path) -> str:
@@ -327,6 +355,15 @@ def filesystem_type(path: Path) -> str:
         if inside and len(mount) > len(best):
             best, fstype = mount, partition.fstype
     return fstype
+
+
+def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+    """The summary rides in the detail too: every channel and `skyguard status` show
+    the detail, each within its own limits. A capture that found no Python stack (a
+    shell script) stays in the record only."""
+    if forensics is None or not forensics.captured:
+        return detail
+    return f"{detail}; stacks: {forensics.summary}"
 
 
 def _feed(monitors: Sequence[Monitor], line: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR
 from devops.skypilot.common.termination import (
     EXIT_RETRY,
     Termination,
@@ -30,7 +31,7 @@ from devops.skypilot.node.state import write_json_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 29411
-SECRET_VAR = "SKYGUARD_COORD_SECRET"
+SECRET_VAR = COORD_SECRET_VAR  # one name, kept with the other credentials
 SIGNATURE_HEADER = "X-Skyguard-Signature"
 #: The head's session: drawn afresh each time a head starts serving (each attempt).
 SESSION_HEADER = "X-Skyguard-Session"
