@@ -171,7 +171,10 @@ def test_torchrun_starts_the_ranks_with_our_rendezvous(tmp_path: Path, leak_tag:
     script.write_text(
         "import json, os\n"
         "keys = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']\n"
-        "print('RANKINFO ' + json.dumps({k: os.environ[k] for k in keys}), flush=True)\n"
+        # One write(2) per line: both ranks share the pipe, and print() writes the
+        # text and its newline apart when stdout is unbuffered (PYTHONUNBUFFERED).
+        "line = 'RANKINFO ' + json.dumps({k: os.environ[k] for k in keys}) + '\\n'\n"
+        "os.write(1, line.encode())\n"
     )
     env_vars = {"SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_NODES": "1"}
     argv = torchrun_command(
