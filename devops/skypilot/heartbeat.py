@@ -2,7 +2,8 @@
 
 Cheap by design: standard library only, at most one write per ``min_interval``
 (default: a tenth of the runner's timeout, at most 1 s), each write an atomic
-replace of a tiny file; a write that fails (full disk) leaves no temp file behind.
+replace of a tiny file; a write that fails (full disk) leaves no temp file behind
+and falls back to touching the file (creating it empty), which needs no free space.
 Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``) every call is a no-op, so
 the same script runs anywhere.
 
@@ -25,6 +26,22 @@ from devops.skypilot import stackdump
 
 ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
 ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
+#: Set by torchrun (and most launchers) in every rank.
+ENV_RANK = "RANK"
+
+
+def rank_file(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` beats: the runner watches every rank on its own."""
+    return path.with_name(f"{path.name}.rank-{rank}")
+
+
+def _default_path() -> Path | None:
+    raw = os.environ.get(ENV_FILE)
+    if not raw:
+        return None
+    rank = os.environ.get(ENV_RANK, "")
+    # One file per rank, so a rank that stops while the others beat is seen, and named.
+    return rank_file(Path(raw), int(rank)) if rank.isdigit() else Path(raw)
 
 
 def _default_interval() -> float:
@@ -41,8 +58,7 @@ class Heartbeat:
     def __init__(
         self, path: str | os.PathLike[str] | None = None, min_interval: float | None = None
     ):
-        raw = path if path is not None else os.environ.get(ENV_FILE)
-        self.path = Path(raw) if raw else None
+        self.path = Path(path) if path is not None else _default_path()
         self.min_interval = _default_interval() if min_interval is None else min_interval
         self.count = 0
         self._last = float("-inf")
@@ -65,7 +81,7 @@ class Heartbeat:
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
         except OSError:
-            return False
+            return self._touch()
         try:
             try:
                 os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
@@ -78,8 +94,25 @@ class Heartbeat:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             if isinstance(error, OSError):
-                return False
+                return self._touch()
             raise
+        return True
+
+    def _touch(self) -> bool:
+        """A new mtime (or a new empty file) is a beat too, and needs no free space: a
+        disk filled by the training log must not make a live job look hung."""
+        assert self.path is not None
+        try:
+            # EISDIR: a directory is no heartbeat file.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            os.utime(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ for the test poll for ``$FAULT_GO``.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 import signal
@@ -212,6 +213,24 @@ def print_after_go(lines: str, code: str) -> int:
     return int(code)
 
 
+def numbered_lines(count: int) -> bytes:
+    """``count`` distinct lines of 100 bytes each."""
+    return b"".join(b"line %06d %s\n" % (index, b"." * 87) for index in range(count))
+
+
+def fill_log_disk(lines: str, beat_seconds: str) -> int:
+    """Print more than the state dir's disk holds, then keep beating into it."""
+    sys.stdout.buffer.write(numbered_lines(int(lines)))
+    sys.stdout.buffer.flush()
+    beat = Heartbeat(min_interval=0)
+    end = time.monotonic() + float(beat_seconds)
+    while time.monotonic() < end:
+        beat.beat()
+        time.sleep(0.05)
+    print("fill-log-disk: done", flush=True)
+    return 0
+
+
 def print_env() -> int:
     """What a training script's ``env`` dump would put in the log."""
     for name, value in sorted(os.environ.items()):
@@ -224,8 +243,30 @@ def beat_into_full_disk(count: str) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
     beat = Heartbeat(min_interval=0)
-    failed = sum(1 for _ in range(int(count)) if not beat.beat())
-    print(f"beat-into-full-disk: {failed} failed beats", flush=True)
+    assert beat.path is not None
+    # A beat may still land as a touch (no space needed); the write itself must fail.
+    failed = sum(1 for _ in range(int(count)) if not beat.beat() or beat.path.stat().st_size == 0)
+    print(f"beat-into-full-disk: {failed} failed writes", flush=True)
+    return 0
+
+
+def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
+    """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
+    a job that prints something alarming and then goes on (or fails on its own)."""
+    print(text, flush=True)
+    for step in range(int(filler)):
+        print(f"step {step} loss 0.1")
+    beat_for(seconds)
+    return int(code)
+
+
+def random_bytes(megabytes: str, seed: str) -> int:
+    """``megabytes`` MB of seeded random bytes on stdout, then a second of beats, exit 0."""
+    data = random.Random(int(seed)).randbytes(int(megabytes) * 2**20)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view[:65536]) :]
+    beat_for("1")
     return 0
 
 
@@ -248,7 +289,10 @@ MODES: dict[str, Callable[..., int]] = {
     "beat-forever": beat_forever,
     "print-after-go": print_after_go,
     "beat-into-full-disk": beat_into_full_disk,
+    "say": say,
+    "random-bytes": random_bytes,
     "print-env": print_env,
+    "fill-log-disk": fill_log_disk,
 }
 
 

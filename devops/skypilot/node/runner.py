@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -97,13 +96,14 @@ class Runner:
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
+        history = self.state.with_lost_attempts(history, config.node_rank, config.task_id)
         runtime_used = sum(item.duration for item in history)
         setup = MonitorSetup(config, runtime_used, self._base_env())
         monitors = [*build_monitors(setup), *self.extensions.monitors]
         ctx = JobContext(
             job_name=config.job_name,
             task_id=config.task_id,
-            attempt=len(history) + 1,
+            attempt=max((item.attempt for item in history), default=0) + 1,
             node_rank=config.node_rank,
             num_nodes=config.num_nodes,
             state_dir=config.state_dir,
@@ -128,7 +128,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=_with_stacks(decision.detail, self.forensics),
+            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -261,14 +261,7 @@ class Runner:
     def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
         try:
             self.state.checkpoint(
-                RunningAttempt(
-                    ctx.attempt,
-                    ctx.started_at,
-                    elapsed,
-                    utc_now(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
+                RunningAttempt.by_this_runner(ctx.attempt, ctx.started_at, elapsed, utc_now())
             )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
@@ -336,13 +329,20 @@ class ChildEnd:
 
     child_exit_code: int | None
     signal: str | None
+    #: Why ``logs/attempt-N.log`` misses some of its output (a full disk); None if complete.
+    log_problem: str | None = None
 
     @classmethod
     def of(cls, process: SupervisedProcess) -> ChildEnd:
         code = process.returncode
+        log = process.log_problem
         if code is None:
-            return cls(None, None)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
+            return cls(None, None, log)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None, log)
+
+    def detail(self, decided: str) -> str:
+        """The record's detail: the decision's, and the log's state when it is incomplete."""
+        return decided if self.log_problem is None else f"{decided}; {self.log_problem}"
 
 
 def filesystem_type(path: Path) -> str:
