@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SkyguardRunner
-from tests.distributed.test_cli_wiring import free_port, with_torchrun_on_path
+from tests.distributed.test_cli_wiring import with_torchrun_on_path
+from tests.ports import reserve_port
 
 pytest.importorskip("torch.distributed")
 pytestmark = pytest.mark.torch
@@ -27,7 +28,7 @@ def test_the_rank_outside_the_collective_is_named(skyguard: SkyguardRunner) -> N
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(free_port()),
+        str(reserve_port()),
         "--heartbeat-timeout",
         "3",
         "--startup-grace",
