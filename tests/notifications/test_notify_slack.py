@@ -353,3 +353,21 @@ def test_the_recipe_declares_the_webhook_as_a_secret() -> None:
     recipe = yaml.safe_load((REPO / "recipes" / "job.yaml").read_text())
     assert recipe["secrets"]["SKYGUARD_SLACK_WEBHOOK_URL"] == ""
     assert "SKYGUARD_SLACK_WEBHOOK_URL" not in recipe["envs"]
+
+
+class Leaky(SlackNotifier):
+    """A channel with a bug whose exception quotes its own URL."""
+
+    def _send(self, event: Event, deadline: float | None) -> Delivery:
+        assert self.settings.webhook_url is not None
+        raise RuntimeError(f"cannot post to {self.settings.webhook_url.reveal()}")
+
+
+def test_an_exception_quoting_the_webhook_is_scrubbed(
+    slack_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"https://hooks.slack.com/services/T0/B0/{slack_token}"
+    (delivery,) = Orchestrator([Leaky(SlackSettings(Secret(url)))]).deliver(make_event())
+    assert delivery.detail == "unexpected error: RuntimeError: cannot post to ***"
+    assert slack_token not in caplog.text
