@@ -108,3 +108,12 @@ def test_a_lookaround_makes_every_line_a_candidate() -> None:
 def test_a_match_across_lines_does_not_hide_a_later_one() -> None:
     scan = LineScan([(re.compile(r"a\s+b"), ())])
     assert scan.candidates("x a\nb y\nq a b") == [(0, "x a"), (2, "q a b")]
+
+
+@pytest.mark.parametrize("with_re2", [True, False])
+def test_lines_around_multibyte_text_come_back_whole(with_re2: bool) -> None:
+    scan = LineScan([(re.compile("NVRM: Xid"), ("NVRM",)), (re.compile(r"^ÉCHEC"), ())])
+    if not with_re2:
+        scan._any_needle = None
+    lines = ["étape ✓ 1", "ÉCHEC ✗", "données \ufffd NVRM: Xid 79", "fin", "NVRM ✓"]
+    assert scan.candidates("\n".join(lines)) == [(1, lines[1]), (2, lines[2]), (4, lines[4])]

@@ -23,8 +23,8 @@ slow as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, AnyStr
 
 try:  # RE2 finds every needle in one pass over the block, ~10x faster than one find each
     import re2
@@ -54,7 +54,8 @@ class LineScan:
             sorted(n for n in needles if not any(o != n and o in n for o in needles))
         )
         self.expressions = tuple(expressions)
-        alternatives = "|".join(re.escape(needle) for needle in self.needles)
+        # On the UTF-8 bytes: RE2 maps every match back to a str index otherwise (~4x slower).
+        alternatives = "|".join(re.escape(needle) for needle in self.needles).encode()
         self._any_needle: Any = re2.compile(alternatives) if re2 and self.needles else None
 
     def candidates(self, block: str) -> list[tuple[int, str]]:
@@ -62,28 +63,39 @@ class LineScan:
         may match; ``block`` is whole lines joined by newlines."""
         if self.every_line:
             return list(enumerate(block.split("\n")))
-        starts: set[int] = set()
+        found: dict[int, str] = {}
         if self._any_needle is not None:
-            for match in self._any_needle.finditer(block):
-                starts.add(block.rfind("\n", 0, match.start()) + 1)
+            data = block.encode("utf-8", "surrogatepass")  # round-trips any str
+            starts = {
+                data.rfind(b"\n", 0, hit.start()) + 1 for hit in self._any_needle.finditer(data)
+            }
+            found.update(_lines_at(data, starts, b"\n"))
         else:
+            starts = set()
             for needle in self.needles:
-                found = block.find(needle)
-                while found >= 0:
-                    starts.add(block.rfind("\n", 0, found) + 1)
-                    after = block.find("\n", found)
-                    found = -1 if after < 0 else block.find(needle, after + 1)
+                hit = block.find(needle)
+                while hit >= 0:
+                    starts.add(block.rfind("\n", 0, hit) + 1)
+                    after = block.find("\n", hit)
+                    hit = -1 if after < 0 else block.find(needle, after + 1)
+            found.update(_lines_at(block, starts, "\n"))
+        starts = set()
         for expression in self.expressions:
             match = expression.search(block)
             while match is not None:
                 starts.add(block.rfind("\n", 0, match.start()) + 1)
                 after = block.find("\n", match.start())
                 match = None if after < 0 else expression.search(block, after + 1)
-        lines = []
-        index, counted = 0, 0
-        for start in sorted(starts):
-            index += block.count("\n", counted, start)
-            counted = start
-            end = block.find("\n", start)
-            lines.append((index, block[start : end if end >= 0 else len(block)]))
-        return lines
+        found.update(_lines_at(block, starts, "\n"))
+        return sorted(found.items())
+
+
+def _lines_at(text: AnyStr, starts: set[int], newline: AnyStr) -> Iterator[tuple[int, str]]:
+    """(index, line) of the lines of ``text`` that begin at ``starts``."""
+    index, counted = 0, 0
+    for start in sorted(starts):
+        index += text.count(newline, counted, start)
+        counted = start
+        end = text.find(newline, start)
+        line = text[start : end if end >= 0 else len(text)]
+        yield index, line if isinstance(line, str) else line.decode("utf-8", "surrogatepass")
