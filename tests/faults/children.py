@@ -220,6 +220,30 @@ def beat_into_full_disk(count: str) -> int:
     return 0
 
 
+def _ready_on_sigterm() -> None:
+    """SIGTERM only says that it arrived (``$FAULT_READY``); stopping takes until SIGKILL."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: ready())
+
+
+def exit_leaving_helper() -> int:
+    """Exit 0 at once, leaving a helper in the process group that is slow to stop."""
+    read, write = os.pipe()
+    if os.fork() == 0:
+        _ready_on_sigterm()
+        os.write(write, b"1")
+        hang()
+    os.read(read, 1)
+    return 0
+
+
+def hang_ready_on_sigterm() -> int:
+    """Beat a little, then hang; the runner's SIGTERM is noted, never obeyed."""
+    _ready_on_sigterm()
+    beats()
+    hang()
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -238,6 +262,8 @@ MODES: dict[str, Callable[..., int]] = {
     "beat-for": beat_for,
     "beat-forever": beat_forever,
     "beat-into-full-disk": beat_into_full_disk,
+    "exit-leaving-helper": exit_leaving_helper,
+    "hang-ready-on-sigterm": hang_ready_on_sigterm,
     "print-env": print_env,
 }
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 from tests.faults.children import INVALID
-from tests.faults.endpoint import TOKEN, Endpoint, serve
+from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
 CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")
@@ -76,6 +77,18 @@ class Live:
     tmp: Path
     ready: Path
     go: Path
+    endpoint: Endpoint | None = None
+
+    def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
+        """Poll ``condition`` while the runner lives (a guard against hanging, not a timing)."""
+        deadline = time.monotonic() + RUN_BOUND
+        while not condition():
+            assert self.process.poll() is None, f"runner exited before {what}"
+            assert time.monotonic() < deadline, f"never {what}"
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        return (self.tmp / "stderr").read_text(errors="replace")
 
     def wait_ready(self) -> int:
         """Wait until the command reached its moment; its pid."""
@@ -317,6 +330,93 @@ def no_beat_temp_files_left(done: Finished) -> None:
     assert not left, f"{len(left)} heartbeat temp files left behind"
 
 
+# --- issue 13, faults 2, 8: the first end wins; signals are handled from main's first line
+
+
+def late_signal_logged(name: str) -> Check:
+    def check(done: Finished) -> None:
+        assert f"skyguard: {name} came after the attempt had ended" in done.stderr, done.stderr[
+            -3000:
+        ]
+
+    return check
+
+
+#: Without the hurry the ending would wait for a stalled endpoint for 30 s or more.
+SLOW_ENDING = {"SKYGUARD_NOTIFY_DEADLINE": "60s", "SKYGUARD_NOTIFY_READ_TIMEOUT": "60s"}
+#: Node 0 of two whose other node never comes: the head lingers for it after its end.
+HEAD_OF_TWO = {
+    "SKYPILOT_NODE_RANK": "0",
+    "SKYPILOT_NUM_NODES": "2",
+    "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+    "SKYPILOT_TASK_ID": "fault-matrix-head",
+    "SKYGUARD_COORD_PORT": "{port}",
+}
+ENDING_BOUND = 25.0
+
+
+def ending_hurried(name: str) -> Check:
+    def check(done: Finished) -> None:
+        code = done.printed["exit_code"]
+        assert f"skyguard: {name} during the ending; exit code {code} stands" in done.stderr, (
+            done.stderr[-3000:]
+        )
+        assert "not waiting for them longer" in done.stderr
+        assert done.elapsed < ENDING_BOUND, f"the ending was not cut short: {done.elapsed:.1f}s"
+
+    return check
+
+
+def in_the_ending(live: Live) -> None:
+    """The runner has printed its decision: it is telling its observers now."""
+    live.wait_until("printed its end", lambda: "skyguard: termination" in live.stderr())
+    endpoint = live.endpoint
+    if endpoint is not None:
+        live.wait_until("posted the end", lambda: bool(endpoint.posts))
+
+
+def signal_in_the_ending(signum: signal.Signals, first: bool = False) -> Action:
+    def act(live: Live) -> None:
+        if first:
+            send_to_runner(signum)(live)
+        in_the_ending(live)
+        live.process.send_signal(signum)
+
+    return act
+
+
+@contextlib.contextmanager
+def config_fifo(tmp: Path) -> Iterator[None]:
+    os.mkfifo(tmp / "config.toml")
+    yield
+
+
+def signal_during_startup(signum: signal.Signals) -> Action:
+    """Signal the runner while its main reads the config file: a FIFO held open by us."""
+
+    def act(live: Live) -> None:
+        fifo = live.tmp / "config.toml"
+        opened: list[int] = []
+
+        def reader_is_there() -> bool:
+            with contextlib.suppress(OSError):  # ENXIO: nobody reads it yet
+                opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(opened)
+
+        live.wait_until("opened its config file", reader_is_there)
+        try:
+            live.process.send_signal(signum)
+        finally:
+            os.close(opened[0])  # an empty config: start-up goes on, with the signal pending
+
+    return act
+
+
+def never_started(done: Finished) -> None:
+    assert not done.log.exists(), "the command was started"
+    assert "runner received" in done.printed["detail"]
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -521,6 +621,82 @@ SCENARIOS: tuple[Scenario, ...] = (
         0,
         check=no_beat_temp_files_left,
     ),
+    # --- issue 13, fault 2: a signal after the end is logged, not decisive
+    Scenario(
+        "late-sigterm-after-exit-0",
+        child("exit-leaving-helper"),
+        "completed",
+        0,
+        ("--grace", "3"),
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        "late-sigterm-after-heartbeat-timeout",
+        child("hang-ready-on-sigterm"),
+        "heartbeat_timeout",
+        75,
+        hb(grace="3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        # The seeded attempt used 100 s of the 102 s budget.
+        "late-sigterm-after-max-runtime",
+        child("hang-ready-on-sigterm"),
+        "max_runtime_reached",
+        124,
+        ("--max-runtime", "102", "--grace", "3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    # --- issue 13, fault 8: handlers from main's first line to its last
+    *(
+        Scenario(
+            f"ending-{signum.name.lower()}-during-notification",
+            child("close-stdout", "3"),
+            "job_failed",
+            3,
+            endpoint="slow",
+            extra_env=SLOW_ENDING,
+            action=signal_in_the_ending(signum),
+            check=ending_hurried(signum.name),
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ),
+    Scenario(
+        "ending-second-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        hb("5"),
+        signal="SIGTERM",
+        endpoint="slow",
+        extra_env=SLOW_ENDING,
+        action=signal_in_the_ending(signal.SIGTERM, first=True),
+        check=ending_hurried("SIGTERM"),
+    ),
+    Scenario(
+        "ending-sigterm-during-coordination-linger",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        extra_env=HEAD_OF_TWO,
+        action=signal_in_the_ending(signal.SIGTERM),
+        check=ending_hurried("SIGTERM"),
+    ),
+    Scenario(
+        "startup-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--config", "{tmp}/config.toml"),
+        around=config_fifo,
+        action=signal_during_startup(signal.SIGTERM),
+        check=never_started,
+    ),
 )
 
 #: What the runner's notifications are set to when a scenario has an endpoint.
@@ -627,9 +803,14 @@ def _run(
     env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
     if endpoint is not None:
         env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
-    env.update(scenario.extra_env)
-    command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
-    options = [part.replace("{tmp}", str(tmp_path)) for part in scenario.options]
+    port = str(free_port())
+
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{port}", port)
+
+    env.update({name: fill(value) for name, value in scenario.extra_env.items()})
+    command = [fill(part) for part in scenario.command]
+    options = [fill(part) for part in scenario.options]
     runner_args = ["--state-dir", str(state_dir), *options, "--", *command]
     argv = _launch(skyguard, scenario, runner_args, env)
     stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
@@ -642,7 +823,7 @@ def _run(
     peak_rss = 0.0
     try:
         if scenario.action is not None:
-            scenario.action(Live(process, state_dir, tmp_path, ready, go))
+            scenario.action(Live(process, state_dir, tmp_path, ready, go, endpoint))
         deadline = time.monotonic() + RUN_BOUND
         while process.poll() is None:
             assert time.monotonic() < deadline, f"runner still running after {RUN_BOUND}s"

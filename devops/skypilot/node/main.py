@@ -28,6 +28,7 @@ from devops.skypilot.node.environment import (
 )
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.runner import Runner, RunnerExtensions, prepare_state_dir
+from devops.skypilot.node.signals import SignalWaker
 
 
 def skypilot_env(env: Mapping[str, str]) -> SkyPilotEnv:
@@ -131,15 +132,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Build the config, run one attempt, return its exit code."""
-    try:
-        config = build_config(args, os.environ)
-        sky = skypilot_env(os.environ)
-        config = resolve_command(config, sky)
-        if config.dry_run:
-            print(json.dumps(describe(config, os.environ), indent=2))
-            return EXIT_SUCCESS
-        prepare_state_dir(config)  # before the extensions write there
-        return Runner(config, build_extensions(config, sky)).run().exit_code
-    except ConfigError as error:
-        print(f"skyguard: error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    # From the first line to the last: a signal during start-up (extensions, the
+    # port bind) or the ending (notifications, the coordination linger) is recorded
+    # and weighed by the runner; it never kills the runner with 143/129 or a traceback.
+    with SignalWaker() as waker:
+        try:
+            config = build_config(args, os.environ)
+            sky = skypilot_env(os.environ)
+            config = resolve_command(config, sky)
+            if config.dry_run:
+                print(json.dumps(describe(config, os.environ), indent=2))
+                return EXIT_SUCCESS
+            prepare_state_dir(config)  # before the extensions write there
+            return Runner(config, build_extensions(config, sky), waker).run().exit_code
+        except ConfigError as error:
+            print(f"skyguard: error: {error}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR

@@ -34,11 +34,10 @@ from devops.skypilot.common.termination import (
     TerminationReason,
     Verdict,
     decide,
-    shell_exit_code,
-    signal_name,
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -73,13 +72,26 @@ class RunnerExtensions:
 
 
 class Runner:
-    def __init__(self, config: RunConfig, extensions: RunnerExtensions | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        extensions: RunnerExtensions | None = None,
+        waker: SignalWaker | None = None,
+    ) -> None:
         self.config = config
         self.extensions = extensions or RunnerExtensions()
         self.state = StateDir(config.state_dir)
+        #: Handlers already installed by ``skyguard run``'s main; else installed by run().
+        self.waker = waker
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
+        if self.waker is not None:
+            return self._run(self.waker)
+        with SignalWaker() as waker:
+            return self._run(waker)
+
+    def _run(self, waker: SignalWaker) -> Termination:
         config = self.config
         prepare_state_dir(config)
         self._warn_if_local_state()
@@ -109,8 +121,7 @@ class Runner:
             config.heartbeat_file.unlink()
         become_subreaper()
         try:
-            with SignalWaker() as waker:
-                outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+            outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
         except BaseException:
             self._tell("close")
             raise
@@ -139,8 +150,12 @@ class Runner:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
         print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
-        self._tell("on_end", ctx, termination)
-        self._tell("close")
+
+        def tell_end() -> None:
+            self._tell("on_end", ctx, termination)
+            self._tell("close")
+
+        tell_hurried(waker, tell_end, termination.exit_code)
         return termination
 
     def _attempt(
@@ -152,24 +167,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
-        if config.max_runtime and runtime_used >= config.max_runtime:
-            spent = Verdict(
-                TerminationReason.MAX_RUNTIME_REACHED,
-                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
-                f"({runtime_used:.0f}s); not starting",
-            )
-            return Outcome(child_returncode=None, verdict=spent), ChildEnd(None, None)
-        self._tell("on_start", ctx)
-        if waker.stop_signal is not None:  # cancelled while observers were told
-            return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
-        if self.extensions.preflight is not None:
-            failed = _safely(self.extensions, "preflight")
-            if isinstance(failed, Verdict):
-                logger.warning("skyguard: preflight failed: %s", failed.detail)
-                failed = replace(failed, monitor=failed.monitor or "Preflight")
-                return Outcome(None, verdict=failed, duration=time.monotonic() - started), ChildEnd(
-                    None, None
-                )
+        not_started = self._before_start(ctx, waker, runtime_used, started)
+        if not_started is not None:
+            return not_started, ChildEnd(None, None)
         process = SupervisedProcess(waker)
         verdict: Verdict | None = None
         try:
@@ -191,23 +191,52 @@ class Runner:
                 process.pid,
             )
             verdict = self._watch(process, monitors, waker, ctx, started)
+            # The first end wins: a signal only counts if it came before the end was seen.
+            ended_by = None if verdict is not None else waker.stop_signal()
+            seen = len(waker.received)
         finally:
             process.stop(config.grace)
             process.close()
             for monitor in monitors:
                 _safely(monitor, "stop")
         duration = time.monotonic() - started
+        ended_by = deciding_signal(ended_by, verdict, process.returncode, waker.received[seen:])
         explanation = None
-        if verdict is None and waker.stop_signal is None and process.returncode:
+        if verdict is None and ended_by is None and process.returncode:
             explanation = next(filter(None, (_explain(m) for m in monitors)), None)
         outcome = Outcome(
             child_returncode=process.returncode,
             verdict=verdict,
-            runner_signal=waker.stop_signal,
+            runner_signal=ended_by,
             explanation=explanation,
             duration=duration,
         )
-        return outcome, ChildEnd.of(process)
+        return outcome, ChildEnd.of(process.returncode)
+
+    def _before_start(
+        self, ctx: JobContext, waker: SignalWaker, runtime_used: float, started: float
+    ) -> Outcome | None:
+        """Why the command must not start: a signal, a spent budget, a failed preflight."""
+        config = self.config
+        if waker.stop_signal() is not None:  # signalled during start-up
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if config.max_runtime and runtime_used >= config.max_runtime:
+            spent = Verdict(
+                TerminationReason.MAX_RUNTIME_REACHED,
+                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
+                f"({runtime_used:.0f}s); not starting",
+            )
+            return Outcome(child_returncode=None, verdict=spent)
+        self._tell("on_start", ctx)
+        if waker.stop_signal() is not None:  # cancelled while observers were told
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if self.extensions.preflight is not None:
+            failed = _safely(self.extensions, "preflight")
+            if isinstance(failed, Verdict):
+                logger.warning("skyguard: preflight failed: %s", failed.detail)
+                failed = replace(failed, monitor=failed.monitor or "Preflight")
+                return Outcome(None, verdict=failed, duration=time.monotonic() - started)
+        return None
 
     def _watch(
         self,
@@ -221,7 +250,7 @@ class Runner:
         due = {id(monitor): monitor.next_check(started) for monitor in monitors}
         checkpoint_due = started
         while True:
-            if process.reap() is not None or waker.stop_signal is not None:
+            if process.reap() is not None or waker.stop_signal() is not None:
                 return None
             now = time.monotonic()
             for monitor in list(monitors):
@@ -313,21 +342,6 @@ def prepare_state_dir(config: RunConfig) -> None:
         raise ConfigError(
             f"heartbeat file {heartbeat}: cannot create its directory: {error}"
         ) from None
-
-
-@dataclass(frozen=True)
-class ChildEnd:
-    """How the command itself ended, as the record shows it."""
-
-    child_exit_code: int | None
-    signal: str | None
-
-    @classmethod
-    def of(cls, process: SupervisedProcess) -> ChildEnd:
-        code = process.returncode
-        if code is None:
-            return cls(None, None)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
 
 
 def filesystem_type(path: Path) -> str:
