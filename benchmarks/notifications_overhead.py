@@ -82,7 +82,7 @@ DELIVERY = re.compile(r"notification (\S+): (discord|github|wandb): (sent|skippe
 
 
 class HealthyEndpoint:
-    """Answers like Discord's webhook API (204) and GitHub's statuses API (201 + JSON)."""
+    """Answers like Discord's webhook API (200 + the message) and GitHub's statuses API."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
@@ -95,7 +95,8 @@ class HealthyEndpoint:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 endpoint.requests.append(self.path)
                 if self.path.startswith("/api/webhooks/"):
-                    status, body = 204, b""
+                    # Discord with ?wait=true: the stored message.
+                    status, body = 200, b'{"id": "1", "type": 0}'
                 elif self.headers.get("Authorization") != f"Bearer {GITHUB_TOKEN}":
                     status, body = 401, b'{"message": "Bad credentials"}'
                 elif self.path == f"/repos/{GITHUB_REPO}/statuses/{COMMIT}":

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from devops.skypilot import stackdump
+
 ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
 ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
 
@@ -58,6 +60,8 @@ class Heartbeat:
             return False
         self._last = now
         self.count += 1
+        # Once per process: lets the runner ask for this process's stacks on a hang.
+        stackdump.register()
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
         except OSError:

@@ -203,6 +203,15 @@ def beat_forever() -> int:
         time.sleep(0.05)
 
 
+def print_after_go(lines: str, code: str) -> int:
+    """Print once the test says so (the runner's own stdout is closed by then), then exit."""
+    ready()
+    wait_for_go()
+    for index in range(int(lines)):
+        print(f"after go {index}", flush=True)
+    return int(code)
+
+
 def print_env() -> int:
     """What a training script's ``env`` dump would put in the log."""
     for name, value in sorted(os.environ.items()):
@@ -261,6 +270,7 @@ MODES: dict[str, Callable[..., int]] = {
     "delete-heartbeat": delete_heartbeat,
     "beat-for": beat_for,
     "beat-forever": beat_forever,
+    "print-after-go": print_after_go,
     "beat-into-full-disk": beat_into_full_disk,
     "exit-leaving-helper": exit_leaving_helper,
     "hang-ready-on-sigterm": hang_ready_on_sigterm,

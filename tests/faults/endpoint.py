@@ -37,6 +37,9 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 endpoint.stop.wait(30)
             if endpoint.mode == "429" and len(endpoint.posts) <= 2:
                 self._answer(429, {"message": "You are being rate limited.", "retry_after": 0.2})
+            elif "wait=true" in self.path:
+                # Discord's answer with ?wait=true: the stored message.
+                self._answer(200, {"id": str(len(endpoint.posts)), "type": 0})
             else:
                 self._answer(204, None)
 

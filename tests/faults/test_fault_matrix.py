@@ -66,6 +66,12 @@ mount --bind "$FAULT_STATE" "$FAULT_STATE" &&
 touch "$FAULT_GO"
 wait "$runner"
 """
+#: ``skyguard run ... 2>&1 | head -1``: the runner's stdout and stderr are one pipe whose
+#: reader is gone (not merely slow) by the time ``$FAULT_GO`` exists.
+HEAD_WRAPPER = r"""
+"$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
+exit "${PIPESTATUS[0]}"
+"""
 
 
 @dataclass
@@ -111,9 +117,15 @@ class Finished:
     elapsed: float
     endpoint: Endpoint | None = None
 
+    #: The runner's stdout and stderr were closed early: nothing printed can be read.
+    output_closed: bool = False
+
     @property
     def printed(self) -> dict[str, Any]:
-        """The ``skyguard: termination {...}`` line: printed even when it cannot be written."""
+        """The ``skyguard: termination {...}`` line: printed even when it cannot be written
+        (the record on disk where the runner's own output was closed)."""
+        if self.output_closed:
+            return {k: v for k, v in self.on_disk.items() if k != "history"}
         match = re.search(r"^skyguard: termination (\{.*\})$", self.stderr, re.MULTILINE)
         assert match, f"no termination line in stderr:\n{self.stderr[-3000:]}"
         data: dict[str, Any] = json.loads(match.group(1))
@@ -146,7 +158,8 @@ class Scenario:
     seed: str = "attempt"
     #: History length on disk afterwards; None when nothing can be on disk.
     history: int | None = 2
-    #: "plain", "read-only" (mount namespace) or "clock+N" / "clock-N" (jumped wall clock).
+    #: "plain", "read-only" (mount namespace), "clock+N" / "clock-N" (jumped wall clock)
+    #: or "head-1" (the runner's stdout and stderr piped into ``head -1``).
     launcher: str = "plain"
     action: Action | None = None
     check: Check | None = None
@@ -284,7 +297,7 @@ def notification_failed(done: Finished) -> None:
 
 def rate_limit_honoured(done: Finished) -> None:
     assert done.endpoint is not None
-    assert 429 in done.endpoint.answered and done.endpoint.answered[-1] == 204
+    assert 429 in done.endpoint.answered and done.endpoint.answered[-1] == 200
     first, second = done.endpoint.posts[0][0], done.endpoint.posts[1][0]
     assert second - first >= 0.2, "retried before the retry_after Discord asked for"
     assert re.search(r"notification .*discord: sent", done.stderr), done.stderr[-2000:]
@@ -312,6 +325,15 @@ def credentials_kept_from_command(done: Finished) -> None:
         assert "SKYGUARD_HEARTBEAT_FILE=" in text, "no env dump"
         for secret in (TOKEN, *SKYGUARD_SECRETS.values()):
             assert secret not in text, "one of skyguard's credentials reached the command"
+
+
+def told_despite_closed_output(done: Finished) -> None:
+    assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
+        "head -1 read no line"
+    )
+    assert done.endpoint is not None
+    ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
+    assert ends, f"observers never told of the end: {done.endpoint.posts}"
 
 
 # --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
@@ -586,6 +608,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         extra_env={**SKYGUARD_SECRETS, "WANDB_API_KEY": USER_KEY},
         check=credentials_kept_from_command,
     ),
+    Scenario(
+        "runner-output-closed",
+        child("print-after-go", "50", "4"),
+        "job_failed",
+        4,
+        launcher="head-1",
+        endpoint="ok",
+        check=told_despite_closed_output,
+    ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
     Scenario(
         # A NaN grace never reaches SIGKILL: the stop loop spun forever.
@@ -720,6 +751,8 @@ def _launch(
     if scenario.launcher == "read-only":
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher == "head-1":
+        return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
     if scenario.launcher.startswith("clock"):
         env["CLOCK_JUMP"] = scenario.launcher.removeprefix("clock")
         return [PYTHON, CLOCK_JUMP, *runner_args]
@@ -727,10 +760,10 @@ def _launch(
 
 
 def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psutil.Process | None:
-    """The runner itself (below the wrapper shell in the read-only scenario)."""
+    """The runner itself (below the wrapper shell in the read-only and head-1 scenarios)."""
     try:
         top = psutil.Process(process.pid)
-        if scenario.launcher != "read-only":
+        if scenario.launcher not in ("read-only", "head-1"):
             return top
         for candidate in top.children():
             if "devops.skypilot" in candidate.cmdline():
@@ -845,6 +878,7 @@ def _run(
         peak_rss,
         time.monotonic() - started,
         endpoint,
+        output_closed=scenario.launcher == "head-1",
     )
 
 

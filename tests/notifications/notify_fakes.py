@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from devops.skypilot.common.lifecycle import JobContext, Phase
 from devops.skypilot.common.termination import TerminationReason
@@ -49,10 +50,12 @@ class Request:
 
 
 Validator = Callable[[Request], Reply | None]
+#: A scripted answer: a fixed reply, or one made from the request (Discord's echoes the message).
+Script = Reply | Callable[[Request], Reply]
 
 
 class LoopbackServer:
-    def __init__(self, replies: list[Reply], validate: Validator | None = None) -> None:
+    def __init__(self, replies: list[Script], validate: Validator | None = None) -> None:
         self.replies = list(replies) or [Reply()]
         self.validate = validate
         self.requests: list[Request] = []
@@ -107,7 +110,8 @@ class LoopbackServer:
                 refused = self.validate(request)
                 if refused is not None:
                     return refused
-            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            script = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            return script if isinstance(script, Reply) else script(request)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -119,6 +123,37 @@ class LoopbackServer:
 # --- what the real APIs check -------------------------------------------------------------
 
 DISCORD_LIMITS = {"content": 2000, "title": 256, "description": 4096, "total": 6000}
+
+
+def query(request: Request) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(request.path).query)
+
+
+def discord_ok(request: Request) -> Reply:
+    """Discord's answer to a good webhook call: with ``?wait=true`` the stored message
+    (200), without it only ``204 No Content``, which does not say the message was stored."""
+    if query(request).get("wait") != ["true"]:
+        return Reply(204)
+    message = request.json
+    thread = query(request).get("thread_id", ["223344556677889900"])[0]
+    stored = {
+        "id": str(1_200_000_000_000_000_000 + len(request.body)),
+        "type": 0,
+        "channel_id": thread,
+        "webhook_id": "112233445566778899",
+        "content": message.get("content", ""),
+        "embeds": message.get("embeds", []),
+        "author": {"id": "112233445566778899", "username": message.get("username", "")},
+    }
+    return Reply(200, stored)
+
+
+def discord_forum_validate(request: Request) -> Reply | None:
+    """A forum channel's webhook: every message goes into a thread (a forum post)."""
+    if "thread_id" not in query(request):
+        message = "Webhooks posted to forum channels must have a thread_name or thread_id"
+        return Reply(400, {"code": 220001, "message": message})
+    return discord_validate(request)
 
 
 def discord_validate(request: Request) -> Reply | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from notifications import cli
-from tests.notifications.notify_fakes import LoopbackServer, Reply, github_validator, webhook_url
+from tests.notifications.notify_fakes import (
+    LoopbackServer,
+    Reply,
+    discord_ok,
+    github_validator,
+    webhook_url,
+)
 
 Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -48,7 +55,7 @@ def test_sends_a_test_event_and_reports_each_channel(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    chat = serve([Reply(204)])
+    chat = serve([discord_ok])
     status = serve([Reply(201, {"id": 1})], github_validator(github_token))
     config = tmp_path / "skyguard.toml"
     config.write_text(
@@ -61,7 +68,7 @@ def test_sends_a_test_event_and_reports_each_channel(
     assert run("--test", "--config", str(config), "--job-name", "llm") == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0] == "discord: sent: HTTP 204"
+    assert re.fullmatch(r"discord: sent: message \d+", lines[0]), lines[0]
     assert lines[1] == f"github: sent: success on {SHA[:12]} (skyguard/llm/test)"
     assert lines[2].startswith("wandb: skipped: ")
     assert len(lines) == 3 and err == ""

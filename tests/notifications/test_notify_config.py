@@ -13,7 +13,8 @@ import pytest
 from notifications.channels.discord import DiscordNotifier
 from notifications.channels.github import GitHubNotifier
 from notifications.channels.wandb import WandbNotifier
-from notifications.config import KEYS, ConfigError, NotificationConfig
+from notifications.config import ConfigError, NotificationConfig
+from notifications.config_keys import KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib

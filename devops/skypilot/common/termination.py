@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from devops.skypilot.common.forensics import Forensics
+
 EXIT_SUCCESS = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_RETRY = 75
@@ -113,6 +115,8 @@ class Verdict:
     #: An exit code the verdict imposes: a peer node's final code, so that every
     #: node of a job ends alike and SkyPilot does not restart a job one node gave up on.
     exit_code: int | None = None
+    #: Ranks the verdict blames (the ones that stopped beating first), if it knows.
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,21 +304,27 @@ class Termination:
     duration: float
     node_rank: int
     task_id: str
+    #: Where a hung job's processes were, captured before the stop; None otherwise
+    #: (and in records written before forensics existed).
+    forensics: Forensics | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["reason"] = self.reason.value
+        data["forensics"] = self.forensics.to_json() if self.forensics else None
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Termination:
         """Build a record from JSON; raises ValueError/KeyError/TypeError on bad data."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"forensics"}
         missing = fields - data.keys()
         if missing:
             raise ValueError(f"missing fields: {', '.join(sorted(missing))}")
-        values = {name: data[name] for name in fields}
+        values: dict[str, Any] = {name: data[name] for name in fields}
         values["reason"] = TerminationReason(values["reason"])
+        raw = data.get("forensics")
+        values["forensics"] = None if raw is None else Forensics.from_json(raw)
         return cls(**values)
 
     def summary(self) -> AttemptSummary:

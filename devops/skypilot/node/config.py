@@ -105,6 +105,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("grace", parse_duration, 30.0, "SIGTERM, wait this long, then SIGKILL the tree", "DUR"),
     Option(
+        "forensics_timeout",
+        parse_duration,
+        3.0,
+        "on a hang, capture every process's stack for at most this long before SIGTERM; 0 = off",
+        "DUR",
+    ),
+    Option(
         "max_retries", parse_count, 3, "retryable ends allowed before giving up (exit 125)", "N"
     ),
     Option(
@@ -204,6 +211,7 @@ class RunConfig:
     coord_port: int = 29411
     coord_timeout: float = 30.0
     gpu_idle_timeout: float = 0.0
+    forensics_timeout: float = 3.0
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)

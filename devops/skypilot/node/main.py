@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from devops.skypilot.common.console import say
 from devops.skypilot.common.lifecycle import RunObserver
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_SUCCESS, Verdict
 from devops.skypilot.common.values import ConfigError
@@ -146,5 +146,5 @@ def main(args: argparse.Namespace) -> int:
             prepare_state_dir(config)  # before the extensions write there
             return Runner(config, build_extensions(config, sky), waker).run().exit_code
         except ConfigError as error:
-            print(f"skyguard: error: {error}", file=sys.stderr)
+            say(f"skyguard: error: {error}")
             return EXIT_CONFIG_ERROR

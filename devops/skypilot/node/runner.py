@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,9 @@ from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
+from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -38,6 +39,7 @@ from devops.skypilot.common.termination import (
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
 from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
+from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -83,6 +85,8 @@ class Runner:
         self.state = StateDir(config.state_dir)
         #: Handlers already installed by ``skyguard run``'s main; else installed by run().
         self.waker = waker
+        #: Where a hung attempt's processes were; set before its tree is stopped.
+        self.forensics: Forensics | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
@@ -135,7 +139,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=decision.detail,
+            detail=_with_stacks(decision.detail, self.forensics),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -143,13 +147,15 @@ class Runner:
             duration=round(outcome.duration, 3),
             node_rank=config.node_rank,
             task_id=config.task_id,
+            forensics=self.forensics,
         )
         try:
             self.state.record(termination, history)
         except OSError as error:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
-        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
+        # A closed stderr (``| head -1``) loses the line, never the code or the observers.
+        say(f"skyguard: termination {json.dumps(termination.to_json())}")
 
         def tell_end() -> None:
             self._tell("on_end", ctx, termination)
@@ -194,6 +200,13 @@ class Runner:
             # The first end wins: a signal only counts if it came before the end was seen.
             ended_by = None if verdict is not None else waker.stop_signal()
             seen = len(waker.received)
+            # Before SIGTERM, while the hung processes are still where they hung.
+            self.forensics = before_stop(
+                verdict,
+                process.descendants(),
+                attempt_dir(config.state_dir, ctx.attempt),
+                config.forensics_timeout,
+            )
         finally:
             process.stop(config.grace)
             process.close()
@@ -304,6 +317,8 @@ class Runner:
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,
+            # The heartbeat client registers a stack dump there (no-ptrace forensics).
+            SKYGUARD_FORENSICS_DIR=str(attempt_dir(self.config.state_dir, ctx.attempt)),
         )
         return env
 
@@ -354,6 +369,15 @@ def filesystem_type(path: Path) -> str:
         if inside and len(mount) > len(best):
             best, fstype = mount, partition.fstype
     return fstype
+
+
+def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+    """The summary rides in the detail too: every channel and `skyguard status` show
+    the detail, each within its own limits. A capture that found no Python stack (a
+    shell script) stays in the record only."""
+    if forensics is None or not forensics.captured:
+        return detail
+    return f"{detail}; stacks: {forensics.summary}"
 
 
 def _feed(monitors: Sequence[Monitor], line: str) -> None:
