@@ -439,6 +439,24 @@ def never_started(done: Finished) -> None:
     assert "runner received" in done.printed["detail"]
 
 
+# --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+
+
+def signal_during_preflight(signum: signal.Signals) -> Action:
+    def act(live: Live) -> None:
+        def rank_running() -> bool:
+            with contextlib.suppress(psutil.Error):
+                for below in psutil.Process(live.process.pid).children(recursive=True):
+                    if "nccl-check" in below.cmdline():
+                        return True
+            return False
+
+        live.wait_until("started a preflight rank", rank_running)
+        live.process.send_signal(signum)
+
+    return act
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -726,6 +744,27 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("--config", "{tmp}/config.toml"),
         around=config_fifo,
         action=signal_during_startup(signal.SIGTERM),
+        check=never_started,
+    ),
+    # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+    Scenario(
+        "preflight-passing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight",),
+        action=signal_during_preflight(signal.SIGTERM),
+        check=never_started,
+    ),
+    Scenario(
+        # Two ranks and an impossible bus bandwidth floor: the preflight fails.
+        "preflight-failing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight", "--preflight-min-busbw", "1e6"),
+        extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
+        action=signal_during_preflight(signal.SIGTERM),
         check=never_started,
     ),
 )

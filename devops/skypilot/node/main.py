@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from devops.skypilot.node.environment import (
     torchrun_command,
 )
 from devops.skypilot.node.monitors.base import Monitor
-from devops.skypilot.node.runner import Runner, RunnerExtensions, prepare_state_dir
+from devops.skypilot.node.runner import Preflight, Runner, RunnerExtensions, prepare_state_dir
 from devops.skypilot.node.signals import SignalWaker
 
 
@@ -110,8 +110,8 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
     )
 
 
-def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
-    def preflight() -> Verdict | None:
+def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
+    def preflight(stop: Callable[[], bool]) -> Verdict | None:
         from devops.skypilot.node.nccl import preflight as nccl
         from devops.skypilot.node.nccl.results import PreflightOptions
 
@@ -120,7 +120,7 @@ def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
             min_busbw_gbps=config.preflight_min_busbw,
             json_path=config.state_dir / nccl.RESULT_FILE,
         )
-        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1)
+        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1, stop=stop)
         return result.verdict()
 
     return preflight

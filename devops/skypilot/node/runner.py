@@ -60,6 +60,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: The preflight, given ``stop()``: true once a stop signal came; it must then give up.
+Preflight = Callable[[Callable[[], bool]], Verdict | None]
+
+
 @dataclass
 class RunnerExtensions:
     """What other parts of skyguard plug into a run (built by the CLI)."""
@@ -70,7 +74,7 @@ class RunnerExtensions:
     env_defaults: Mapping[str, str] = field(default_factory=dict)
     #: A check run before the command on every attempt (the NCCL preflight); a
     #: verdict ends the attempt before the command starts.
-    preflight: Callable[[], Verdict | None] | None = None
+    preflight: Preflight | None = None
 
 
 class Runner:
@@ -244,11 +248,14 @@ class Runner:
         if waker.stop_signal() is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal())
         if self.extensions.preflight is not None:
-            failed = _safely(self.extensions, "preflight")
+            failed = _safely(self.extensions, "preflight", lambda: waker.stop_signal() is not None)
+            duration = time.monotonic() - started
+            if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
+                return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
             if isinstance(failed, Verdict):
                 logger.warning("skyguard: preflight failed: %s", failed.detail)
                 failed = replace(failed, monitor=failed.monitor or "Preflight")
-                return Outcome(None, verdict=failed, duration=time.monotonic() - started)
+                return Outcome(None, verdict=failed, duration=duration)
         return None
 
     def _watch(
