@@ -253,6 +253,26 @@ def hang_ready_on_sigterm() -> int:
     return 0
 
 
+def pid_hopper(trail: str, own_session: str = "") -> int:
+    """Leave a descendant that forks and exits every 2 ms, so its pid never stays; then
+    exit 0. Each generation appends a byte to ``trail``; all give up after 20 s, so a
+    leak does not outlive the test by long. ``own_session``: each hop leaves the group."""
+    give_up = time.monotonic() + 20
+    if os.fork() == 0:
+        fd = os.open(trail, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        while time.monotonic() < give_up:
+            if os.fork():
+                os._exit(0)
+            if own_session:
+                os.setsid()
+            os.write(fd, b".")
+            time.sleep(0.002)
+        os._exit(0)
+    while not os.path.exists(trail):
+        time.sleep(0.01)
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -274,6 +294,7 @@ MODES: dict[str, Callable[..., int]] = {
     "beat-into-full-disk": beat_into_full_disk,
     "exit-leaving-helper": exit_leaving_helper,
     "hang-ready-on-sigterm": hang_ready_on_sigterm,
+    "pid-hopper": pid_hopper,
     "print-env": print_env,
 }
 

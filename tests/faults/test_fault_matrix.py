@@ -457,6 +457,18 @@ def signal_during_preflight(signum: signal.Signals) -> Action:
     return act
 
 
+# --- issue 13, fault 4: a pid-hopping descendant does not escape
+
+
+def hopper_gone(done: Finished) -> None:
+    """No generation of the hopper is left: its trail stops growing."""
+    trail = done.tmp / "trail"
+    before = trail.stat().st_size
+    assert before > 0, "the hopper never ran"
+    time.sleep(1.0)  # 500 hops' worth: a live hopper would have written here
+    assert trail.stat().st_size == before, "a pid-hopping descendant outlived the runner"
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -745,6 +757,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         around=config_fifo,
         action=signal_during_startup(signal.SIGTERM),
         check=never_started,
+    ),
+    # --- issue 13, fault 4: a pid-hopping descendant does not escape
+    Scenario(
+        "child-pid-hopper",
+        child("pid-hopper", "{tmp}/trail"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
+    ),
+    Scenario(
+        "child-pid-hopper-own-sessions",
+        child("pid-hopper", "{tmp}/trail", "own-session"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
     ),
     # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
     Scenario(
