@@ -25,6 +25,22 @@ from devops.skypilot import stackdump
 
 ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
 ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
+#: Set by torchrun (and most launchers) in every rank.
+ENV_RANK = "RANK"
+
+
+def rank_file(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` beats: the runner watches every rank on its own."""
+    return path.with_name(f"{path.name}.rank-{rank}")
+
+
+def _default_path() -> Path | None:
+    raw = os.environ.get(ENV_FILE)
+    if not raw:
+        return None
+    rank = os.environ.get(ENV_RANK, "")
+    # One file per rank, so a rank that stops while the others beat is seen, and named.
+    return rank_file(Path(raw), int(rank)) if rank.isdigit() else Path(raw)
 
 
 def _default_interval() -> float:
@@ -41,8 +57,7 @@ class Heartbeat:
     def __init__(
         self, path: str | os.PathLike[str] | None = None, min_interval: float | None = None
     ):
-        raw = path if path is not None else os.environ.get(ENV_FILE)
-        self.path = Path(raw) if raw else None
+        self.path = Path(path) if path is not None else _default_path()
         self.min_interval = _default_interval() if min_interval is None else min_interval
         self.count = 0
         self._last = float("-inf")

@@ -8,7 +8,8 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
   (what a rank waiting for a missing peer looks like);
 * ``syscall``: in C, ``select`` on a pipe nobody writes, called through ctypes;
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
-* ``beating``: keeps beating forever (the healthy rank of a job).
+* ``beating``: keeps beating forever (the healthy rank of a job);
+* ``work``: beats for 2 s, then exits 0; ``exit``: exits 0 at once.
 """
 
 from __future__ import annotations
@@ -45,14 +46,17 @@ def _run_epoch(mode: str) -> None:
         all_reduce()
     elif mode == "syscall":
         blocking_select()
-    while mode == "beating":
+    until = time.monotonic() + 2
+    while mode == "beating" or (mode == "work" and time.monotonic() < until):
         heartbeat.beat()
         time.sleep(0.02)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["sleep", "collective", "syscall", "noterm", "beating"])
+    parser.add_argument(
+        "mode", choices=["sleep", "collective", "syscall", "noterm", "beating", "work", "exit"]
+    )
     parser.add_argument("--beats", type=int, default=0)
     args = parser.parse_args()
     if args.mode == "noterm":

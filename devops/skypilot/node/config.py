@@ -66,6 +66,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _regex(value: Any) -> str:
+    try:
+        re.compile(str(value))
+    except re.error as error:
+        raise ConfigError(f"not a valid regular expression: {error}") from None
+    return str(value)
+
+
 #: The runner's options, in the order ``--help`` shows them. README's
 #: configuration reference is generated from this table.
 OPTIONS: tuple[Option, ...] = (
@@ -88,6 +96,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "heartbeat_timeout", parse_duration, 0.0, "hang = no beat for this long; 0 = off", "DUR"
+    ),
+    Option(
+        "progress_pattern",
+        _regex,
+        None,
+        "an output line matching this regex counts as a heartbeat (no code change)",
+        "REGEX",
     ),
     Option(
         "startup_grace",
@@ -212,6 +227,7 @@ class RunConfig:
     coord_timeout: float = 30.0
     gpu_idle_timeout: float = 0.0
     forensics_timeout: float = 3.0
+    progress_pattern: str | None = None
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -378,8 +394,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         dry_run=bool(flags.get("dry_run")),
         **plain,
     )
-    if config.startup_grace and not config.heartbeat_timeout:
-        raise ConfigError("--startup-grace needs --heartbeat-timeout")
+    for needy in ("startup_grace", "progress_pattern"):
+        if getattr(config, needy) and not config.heartbeat_timeout:
+            raise ConfigError(f"--{needy.replace('_', '-')} needs --heartbeat-timeout")
     if config.node_rank >= config.num_nodes:
         raise ConfigError(
             f"SKYPILOT_NODE_RANK={config.node_rank} but SKYPILOT_NUM_NODES={config.num_nodes}"
