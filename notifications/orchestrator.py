@@ -51,6 +51,8 @@ ROUTES: Mapping[tuple[Phase, R | None], Level] = {
     (Phase.RETRYING, R.NCCL_ERROR): Level.WARNING,
     (Phase.RETRYING, R.CUDA_ERROR): Level.WARNING,
     (Phase.RETRYING, R.PEER_FAILED): Level.WARNING,
+    # Only ever in a history (an attempt whose record was lost), never an end to tell.
+    (Phase.RETRYING, R.RECORD_LOST): Level.WARNING,
     (Phase.FAILED, R.JOB_FAILED): Level.ERROR,
     (Phase.FAILED, R.MAX_RUNTIME_REACHED): Level.ERROR,
     (Phase.FAILED, R.CRASH_LOOP): Level.ERROR,

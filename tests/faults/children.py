@@ -8,6 +8,7 @@ for the test poll for ``$FAULT_GO``.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 import signal
@@ -273,6 +274,26 @@ def pid_hopper(trail: str, own_session: str = "") -> int:
     return 0
 
 
+def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
+    """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
+    a job that prints something alarming and then goes on (or fails on its own)."""
+    print(text, flush=True)
+    for step in range(int(filler)):
+        print(f"step {step} loss 0.1")
+    beat_for(seconds)
+    return int(code)
+
+
+def random_bytes(megabytes: str, seed: str) -> int:
+    """``megabytes`` MB of seeded random bytes on stdout, then a second of beats, exit 0."""
+    data = random.Random(int(seed)).randbytes(int(megabytes) * 2**20)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view[:65536]) :]
+    beat_for("1")
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -295,6 +316,8 @@ MODES: dict[str, Callable[..., int]] = {
     "exit-leaving-helper": exit_leaving_helper,
     "hang-ready-on-sigterm": hang_ready_on_sigterm,
     "pid-hopper": pid_hopper,
+    "say": say,
+    "random-bytes": random_bytes,
     "print-env": print_env,
 }
 

@@ -11,6 +11,7 @@ generous bound (a guard against hanging, not a speed test).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import pytest
 
 from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 from tests.faults.children import INVALID
@@ -344,6 +346,71 @@ def stderr_has(text: str) -> Check:
         assert text in done.stderr, done.stderr[-3000:]
 
     return check
+
+
+def _history(**changes: Any) -> str:
+    """A termination.json: the seed, then its attempt 2 with ``changes`` (a wrong shape)."""
+    second = {**SEED.to_json(), "attempt": 2, **changes}
+    return json.dumps({**second, "history": [SEED.to_json(), second]})
+
+
+def _checkpoint(**changes: Any) -> str:
+    """An attempt.json of attempt 2; a ``raw`` pid goes in as written (``1e400``)."""
+    raw = changes.pop("raw_pid", None)
+    base = {"attempt": 2, "started_at": "s", "elapsed": 5.0, "checkpointed_at": "c", **changes}
+    text = json.dumps(base)
+    return text if raw is None else text[:-1] + f', "pid": {raw}}}'
+
+
+def set_aside(name: str, *lost: int) -> Check:
+    """``name`` moved aside byte for byte and reported in one line; ``lost`` attempts
+    are in the history as ``record_lost`` (they spent the retry budget)."""
+
+    def check(done: Finished) -> None:
+        aside = done.state_dir / f"{name}.corrupt"
+        assert aside.exists(), sorted(p.name for p in done.state_dir.iterdir())
+        reports = [line for line in done.stderr.splitlines() if f"{name} is corrupt" in line]
+        assert len(reports) == 1, done.stderr[-3000:]
+        history = done.on_disk["history"]
+        assert [h["attempt"] for h in history] == list(range(1, len(history) + 1))
+        assert [h["attempt"] for h in history if h["reason"] == "record_lost"] == list(lost)
+
+    return check
+
+
+@contextlib.contextmanager
+def skyguard_lookalike(tmp_path: Path, *, stamped: bool) -> Iterator[None]:
+    """A live process with "skyguard" in its command line holds the pid a leftover
+    attempt.json names: the pid was reused, its runner is long gone."""
+    decoy = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(120)", "skyguard", "run"])
+    try:
+        stamp = ProcessStamp.of(decoy.pid)
+        assert stamp is not None
+        owner = {"host": stamp.host, "pid": decoy.pid}
+        if stamped:  # the dead runner started at another time than the decoy
+            owner.update(boot_id=stamp.boot_id, start_ticks=max(1, stamp.start_ticks - 500))
+        (tmp_path / "state" / "attempt.json").write_text(_checkpoint(**owner))
+        yield
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+#: A batch-size finder's caught out-of-memory error, as torch prints it.
+RECOVERED_OOM = """Traceback (most recent call last):
+  File "train.py", line 88, in find_batch_size
+    loss = model(batch).sum()
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total \
+capacity of 79.15 GiB of which 1.25 GiB is free.
+batch size 512 does not fit; trying 256"""
+GPU_LOST = (
+    "Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. "
+    "Reboot the system to recover this GPU"
+)
+IB_COMPLETION_ERROR = (
+    "node-1:3468:3905 [4] ib_plugin.c:1615 NCCL WARN NET/IB : Got completion from peer "
+    "10.0.0.2<54862> with status=12 opcode=0 len=0 vendor err 129 (Recv)"
+)
 
 
 def no_beat_temp_files_left(done: Finished) -> None:
@@ -795,6 +862,112 @@ SCENARIOS: tuple[Scenario, ...] = (
         extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
         action=signal_during_preflight(signal.SIGTERM),
         check=never_started,
+    ),
+    *(
+        Scenario(
+            f"state-{name}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            seed="",
+            history=1,
+            files=(("state/termination.json", content),),
+            check=set_aside("termination.json"),
+        )
+        for name, content in (
+            ("history-not-a-list", '{"history": "oops"}'),
+            ("history-null-entry", '{"history": [null]}'),
+            ("history-number-entry", '{"history": [1]}'),
+        )
+    ),
+    *(
+        Scenario(
+            f"state-{name}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            history=3,
+            files=(("state/termination.json", content),),
+            check=set_aside("termination.json", 2),
+        )
+        for name, content in (
+            ("duration-a-string", _history(duration="5")),
+            ("duration-null", _history(duration=None)),
+        )
+    ),
+    Scenario(
+        "state-checkpoint-pid-1e400",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        history=3,
+        files=(("state/attempt.json", _checkpoint(raw_pid="1e400")),),
+        check=set_aside("attempt.json", 2),
+    ),
+    Scenario(
+        # Corrupted before every attempt, the history would restart at 1 each time and
+        # a hang would be retried forever: the attempts its logs show spent the budget.
+        "state-corrupt-again-is-no-fresh-budget",
+        child("hang"),
+        "crash_loop",
+        125,
+        (*hb(), "--max-retries", "3", "--crash-loop-window", "0"),
+        seed="",
+        history=4,
+        files=(
+            ("state/termination.json", CORRUPT),
+            *((f"state/logs/attempt-{n}.log", "") for n in (1, 2, 3)),
+        ),
+        check=detail_has("retry budget spent: 3 retryable ends"),
+    ),
+    Scenario(
+        "log-xid-health-summary-is-not-fatal",
+        child("say", "gpu health: 0 Xid errors in the last 24h, ECC ok"),
+        "completed",
+        0,
+    ),
+    Scenario("log-recovered-oom-is-not-fatal", child("say", RECOVERED_OOM), "completed", 0),
+    Scenario(
+        # The caught OOM is 1,200 lines before an unrelated failure: it does not explain it.
+        "log-recovered-oom-explains-no-later-crash",
+        child("say", RECOVERED_OOM, "0.2", "3", "1200"),
+        "job_failed",
+        3,
+    ),
+    Scenario(
+        # Seed 3 holds "Xid" between non-word bytes twice: the old bare-word pattern's bait.
+        "log-random-bytes-20mb-are-not-fatal",
+        child("random-bytes", "20", "3"),
+        "completed",
+        0,
+        keep_stdout=False,
+    ),
+    Scenario(
+        "log-gpu-lost-stops-the-job",
+        child("say", GPU_LOST, "10"),
+        "cuda_error",
+        75,
+        signal="SIGTERM",
+        check=detail_has("GPU is lost"),
+    ),
+    Scenario(
+        "log-ib-completion-error-explains-a-failure",
+        child("say", IB_COMPLETION_ERROR, "0.2", "1"),
+        "nccl_error",
+        75,
+        check=detail_has("command exited 1; fatal log line: node-1:3468:3905"),
+    ),
+    *(
+        Scenario(
+            f"pid-reused-by-a-skyguard-lookalike-{kind}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            history=3,
+            around=functools.partial(skyguard_lookalike, stamped=kind == "stamped"),
+            check=stderr_has("attempt 2 left no record; counting it"),
+        )
+        for kind in ("stamped", "unstamped")
     ),
 )
 

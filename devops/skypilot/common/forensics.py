@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from devops.skypilot.common import fields
+
 
 @dataclass(frozen=True)
 class Forensics:
@@ -36,13 +38,23 @@ class Forensics:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Forensics:
-        """Raises KeyError/TypeError/ValueError on bad data."""
-        return cls(
-            summary=str(data["summary"]),
-            directory=str(data["directory"]),
-            processes=int(data["processes"]),
-            captured=int(data["captured"]),
-            elapsed_ms=float(data["elapsed_ms"]),
-            sources=tuple(str(item) for item in data.get("sources", ())),
-        )
+    def from_json(cls, data: Any) -> Forensics:
+        """Build the entry from JSON, every field checked; ValueError names a bad one."""
+        values = fields.checked(data, FORENSICS_FIELDS, {"sources": SOURCES})
+        values["elapsed_ms"] = float(values["elapsed_ms"])
+        values["sources"] = tuple(values.get("sources", ()))
+        return cls(**values)
+
+
+SOURCES = fields.Kind(
+    "a list of strings",
+    lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
+)
+#: What each field must be when read back from a state file of unknown origin.
+FORENSICS_FIELDS: Mapping[str, fields.Kind] = {
+    "summary": fields.TEXT,
+    "directory": fields.TEXT,
+    "processes": fields.COUNT,
+    "captured": fields.COUNT,
+    "elapsed_ms": fields.Kind("a finite number of milliseconds >= 0", fields.SECONDS.test),
+}

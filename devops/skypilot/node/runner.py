@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -113,13 +112,14 @@ class Runner:
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
+        history = self.state.with_lost_attempts(history, config.node_rank, config.task_id)
         runtime_used = sum(item.duration for item in history)
         setup = MonitorSetup(config, runtime_used, self._base_env())
         monitors = [*build_monitors(setup), *self.extensions.monitors]
         ctx = JobContext(
             job_name=config.job_name,
             task_id=config.task_id,
-            attempt=len(history) + 1,
+            attempt=max((item.attempt for item in history), default=0) + 1,
             node_rank=config.node_rank,
             num_nodes=config.num_nodes,
             state_dir=config.state_dir,
@@ -297,14 +297,7 @@ class Runner:
     def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
         try:
             self.state.checkpoint(
-                RunningAttempt(
-                    ctx.attempt,
-                    ctx.started_at,
-                    elapsed,
-                    utc_now(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
+                RunningAttempt.by_this_runner(ctx.attempt, ctx.started_at, elapsed, utc_now())
             )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
