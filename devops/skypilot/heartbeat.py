@@ -2,7 +2,8 @@
 
 Cheap by design: standard library only, at most one write per ``min_interval``
 (default: a tenth of the runner's timeout, at most 1 s), each write an atomic
-replace of a tiny file; a write that fails (full disk) leaves no temp file behind.
+replace of a tiny file; a write that fails (full disk) leaves no temp file behind
+and falls back to touching the file (creating it empty), which needs no free space.
 Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``) every call is a no-op, so
 the same script runs anywhere.
 
@@ -80,7 +81,7 @@ class Heartbeat:
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
         except OSError:
-            return False
+            return self._touch()
         try:
             try:
                 os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
@@ -93,8 +94,25 @@ class Heartbeat:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             if isinstance(error, OSError):
-                return False
+                return self._touch()
             raise
+        return True
+
+    def _touch(self) -> bool:
+        """A new mtime (or a new empty file) is a beat too, and needs no free space: a
+        disk filled by the training log must not make a live job look hung."""
+        assert self.path is not None
+        try:
+            # EISDIR: a directory is no heartbeat file.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            os.utime(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:

@@ -213,6 +213,24 @@ def print_after_go(lines: str, code: str) -> int:
     return int(code)
 
 
+def numbered_lines(count: int) -> bytes:
+    """``count`` distinct lines of 100 bytes each."""
+    return b"".join(b"line %06d %s\n" % (index, b"." * 87) for index in range(count))
+
+
+def fill_log_disk(lines: str, beat_seconds: str) -> int:
+    """Print more than the state dir's disk holds, then keep beating into it."""
+    sys.stdout.buffer.write(numbered_lines(int(lines)))
+    sys.stdout.buffer.flush()
+    beat = Heartbeat(min_interval=0)
+    end = time.monotonic() + float(beat_seconds)
+    while time.monotonic() < end:
+        beat.beat()
+        time.sleep(0.05)
+    print("fill-log-disk: done", flush=True)
+    return 0
+
+
 def print_env() -> int:
     """What a training script's ``env`` dump would put in the log."""
     for name, value in sorted(os.environ.items()):
@@ -225,8 +243,10 @@ def beat_into_full_disk(count: str) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
     beat = Heartbeat(min_interval=0)
-    failed = sum(1 for _ in range(int(count)) if not beat.beat())
-    print(f"beat-into-full-disk: {failed} failed beats", flush=True)
+    assert beat.path is not None
+    # A beat may still land as a touch (no space needed); the write itself must fail.
+    failed = sum(1 for _ in range(int(count)) if not beat.beat() or beat.path.stat().st_size == 0)
+    print(f"beat-into-full-disk: {failed} failed writes", flush=True)
     return 0
 
 
@@ -319,6 +339,7 @@ MODES: dict[str, Callable[..., int]] = {
     "say": say,
     "random-bytes": random_bytes,
     "print-env": print_env,
+    "fill-log-disk": fill_log_disk,
 }
 
 

@@ -32,7 +32,7 @@ from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import INVALID
+from tests.faults.children import INVALID, numbered_lines
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
@@ -178,6 +178,8 @@ class Scenario:
     files: tuple[tuple[str, str], ...] = ()
     #: Holds something alive for the whole run (given the test's tmp dir).
     around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
+    #: The state dir is a tmpfs of this size ("256k") the test mounts (root only).
+    state_tmpfs: str = ""
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -329,6 +331,16 @@ def credentials_kept_from_command(done: Finished) -> None:
             assert secret not in text, "one of skyguard's credentials reached the command"
 
 
+def log_incomplete_output_complete(done: Finished) -> None:
+    forwarded = done.stdout.read_bytes()
+    assert forwarded == numbered_lines(12000) + b"fill-log-disk: done\n", "output was lost"
+    assert forwarded.startswith(done.log.read_bytes()), "the log holds bytes not printed"
+    said = re.findall(r"^skyguard: attempt log incomplete", done.stderr, re.MULTILINE)
+    assert len(said) == 1, done.stderr[-3000:]
+    for record in (done.printed, done.on_disk):
+        assert "attempt log incomplete" in record["detail"], record["detail"]
+
+
 def told_despite_closed_output(done: Finished) -> None:
     assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
         "head -1 read no line"
@@ -414,7 +426,7 @@ IB_COMPLETION_ERROR = (
 
 
 def no_beat_temp_files_left(done: Finished) -> None:
-    assert "beat-into-full-disk: 200 failed beats" in done.stdout.read_text()
+    assert "beat-into-full-disk: 200 failed writes" in done.stdout.read_text()
     left = [path.name for path in done.state_dir.iterdir() if path.name.startswith(".beat.")]
     assert not left, f"{len(left)} heartbeat temp files left behind"
 
@@ -713,6 +725,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         launcher="head-1",
         endpoint="ok",
         check=told_despite_closed_output,
+    ),
+    Scenario(
+        # The state dir's disk fills up with the attempt log, heartbeats included.
+        "log-disk-full",
+        child("fill-log-disk", "12000", "2"),
+        "completed",
+        0,
+        hb(),
+        state_tmpfs="256k",
+        check=log_incomplete_output_complete,
     ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
     Scenario(
@@ -1014,8 +1036,24 @@ def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psu
     return None
 
 
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[None]:
+    """A small tmpfs at ``path`` for the run: a disk that fills up (root only)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "skyguard-fault", str(path)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
 def _seed(state_dir: Path, how: str) -> None:
-    state_dir.mkdir(parents=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     if how == "attempt":
         StateDir(state_dir).record(SEED, [])
     elif how == "corrupt":
@@ -1060,13 +1098,15 @@ def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) 
     if scenario.launcher == "read-only" and not _can_remount():
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
     with contextlib.ExitStack() as stack:
+        if scenario.state_tmpfs:
+            stack.enter_context(_tmpfs(tmp_path / "state", scenario.state_tmpfs))
         endpoint = stack.enter_context(serve(scenario.endpoint)) if scenario.endpoint else None
         _seed(tmp_path / "state", scenario.seed)
         _write_files(tmp_path, scenario.files)
         if scenario.around is not None:
             stack.enter_context(scenario.around(tmp_path))
         done = _run(scenario, skyguard, tmp_path, endpoint)
-    _verify(scenario, done)
+        _verify(scenario, done)  # before the tmpfs goes: the checks read the log
 
 
 def _run(

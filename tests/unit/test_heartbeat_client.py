@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,8 +84,28 @@ def test_failed_writes_leave_no_temp_file(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "50"  # every beat failed, none raised
-    assert list(tmp_path.iterdir()) == []
+    # Every write failed and none raised; each beat landed as an empty file, touched.
+    assert done.stdout.strip() == "0"
+    assert [p.name for p in tmp_path.iterdir()] == ["hb"]
+    assert (tmp_path / "hb").stat().st_size == 0
+
+
+def test_a_full_disk_still_beats_by_touching(tmp_path: Path) -> None:
+    """With no space for a write, a new mtime is the beat."""
+    path = tmp_path / "hb"
+    path.write_bytes(b"")
+    os.utime(path, ns=(0, 0))
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"  # no beat failed
+    assert path.stat().st_mtime_ns > 0 and path.stat().st_size == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["hb"]
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "soon"])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from devops.skypilot.common.termination import Verdict, shell_exit_code, signal_name
+from devops.skypilot.node.process import SupervisedProcess
 from devops.skypilot.node.signals import STOP_SIGNALS, SignalWaker
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,20 @@ class ChildEnd:
 
     child_exit_code: int | None
     signal: str | None
+    #: Why ``logs/attempt-N.log`` misses some of its output (a full disk); None if complete.
+    log_problem: str | None = None
 
     @classmethod
-    def of(cls, returncode: int | None) -> ChildEnd:
-        """From ``Popen.returncode`` (None: the command never ran or was never reaped)."""
-        if returncode is None:
-            return cls(None, None)
-        return cls(
-            shell_exit_code(returncode), signal_name(-returncode) if returncode < 0 else None
-        )
+    def of(cls, process: SupervisedProcess) -> ChildEnd:
+        code = process.returncode
+        log = process.log_problem
+        if code is None:
+            return cls(None, None, log)
+        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None, log)
+
+    def detail(self, decided: str) -> str:
+        """The record's detail: the decision's, and the log's state when it is incomplete."""
+        return decided if self.log_problem is None else f"{decided}; {self.log_problem}"
 
 
 def tell_hurried(waker: SignalWaker, tell: Callable[[], None], exit_code: int) -> None:

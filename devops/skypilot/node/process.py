@@ -168,6 +168,11 @@ class SupervisedProcess:
                 logger.error("skyguard: could not kill %s", [p.pid for p in self.descendants()])
                 return
 
+    @property
+    def log_problem(self) -> str | None:
+        """Why the attempt log is incomplete; None if it holds every byte."""
+        return self._output.log_problem if self._output is not None else None
+
     def close(self) -> None:
         """Let the output readers drain, then close the log. Call after :meth:`stop`."""
         if self._output is not None:

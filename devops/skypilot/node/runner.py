@@ -143,7 +143,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=_with_stacks(decision.detail, self.forensics),
+            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -228,7 +228,7 @@ class Runner:
             explanation=explanation,
             duration=duration,
         )
-        return outcome, ChildEnd.of(process.returncode)
+        return outcome, ChildEnd.of(process)
 
     def _before_start(
         self, ctx: JobContext, waker: SignalWaker, runtime_used: float, started: float
