@@ -4,12 +4,13 @@ Runs ``skyguard run -- <command that exits 0 at once>`` with
 
 (a) no notifications configured (the baseline; (a') is the same for a command
     that runs 3 s, the baseline of (c')),
-(b) Discord + GitHub pointed at healthy loopback servers,
-(c) Discord + GitHub + W&B offline, into a real offline run that a separate
-    "training" process created with ``wandb.init(mode="offline", id=...)``,
-(c') as (c), but the command runs 3 s first, so the background ``wandb`` import
-    started at the job's start is done: what a real, long job pays,
-(d) Discord + GitHub pointed at a server that accepts and never answers, with
+(b) Discord + Slack + GitHub pointed at healthy loopback servers,
+(c) Discord + Slack + GitHub + W&B offline, into a real offline run that a separate
+    "training" process created with ``wandb.init(mode="offline", id=...)``; skyguard
+    adds its records to that run's log (no ``import wandb``),
+(c') as (c), but the command runs 3 s first: what a real, long job pays,
+(e) W&B offline alone (the other channels unconfigured): W&B's own share,
+(d) Discord + Slack + GitHub pointed at a server that accepts and never answers, with
     ``SKYGUARD_NOTIFY_DEADLINE=3s``: the cost must be the deadline, not
     tries x (connect + read timeout).
 
@@ -61,6 +62,7 @@ GITHUB_REPO = "octo/trainer"
 GITHUB_TOKEN = "ghp_" + "b" * 36
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 WEBHOOK_PATH = "/api/webhooks/112233445566778899/benchmark-webhook-token"
+SLACK_PATH = "/services/T0000BENCH/B0000BENCH/benchmarkslacktoken0001"
 RUN_ID = "skyguardbench01"
 DEAD_DEADLINE = 3.0
 #: A trial that takes longer than this is stuck: it is killed and the benchmark fails.
@@ -75,14 +77,14 @@ run = wandb.init(mode="offline", id=sys.argv[1], project="skyguard-bench", dir=s
 run.log({"loss": 1.5})
 run.finish()
 """
-DELIVERY = re.compile(r"notification (\S+): (discord|github|wandb): (sent|skipped|failed)")
+DELIVERY = re.compile(r"notification (\S+): (discord|slack|github|wandb): (sent|skipped|failed)")
 
 
 # --- loopback endpoints --------------------------------------------------------------------
 
 
 class HealthyEndpoint:
-    """Answers like Discord's webhook API (200 + the message) and GitHub's statuses API."""
+    """Answers like Discord's and Slack's webhooks and GitHub's statuses API."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
@@ -97,6 +99,8 @@ class HealthyEndpoint:
                 if self.path.startswith("/api/webhooks/"):
                     # Discord with ?wait=true: the stored message.
                     status, body = 200, b'{"id": "1", "type": 0}'
+                elif self.path.startswith("/services/"):
+                    status, body = 200, b"ok"  # Slack's incoming webhooks
                 elif self.headers.get("Authorization") != f"Bearer {GITHUB_TOKEN}":
                     status, body = 401, b'{"message": "Bad credentials"}'
                 elif self.path == f"/repos/{GITHUB_REPO}/statuses/{COMMIT}":
@@ -105,7 +109,8 @@ class HealthyEndpoint:
                     status, body = 404, b'{"message": "Not Found"}'
                 self.send_response(status)
                 if body:
-                    self.send_header("Content-Type", "application/json")
+                    kind = "text/html" if body == b"ok" else "application/json"
+                    self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -294,6 +299,7 @@ class Scenario:
 def http_env(discord_url: str, github_url: str, **extra: str) -> dict[str, str]:
     return {
         "SKYGUARD_DISCORD_WEBHOOK_URL": discord_url + WEBHOOK_PATH,
+        "SKYGUARD_SLACK_WEBHOOK_URL": discord_url + SLACK_PATH,
         "SKYGUARD_GITHUB_TOKEN": GITHUB_TOKEN,
         "SKYGUARD_GITHUB_REPO": GITHUB_REPO,
         "SKYGUARD_GITHUB_API_URL": github_url,
@@ -307,12 +313,11 @@ def scenarios(
 ) -> list[Scenario]:
     healthy = http_env(discord.url, github.url)
 
-    def with_wandb(tmp: Path) -> dict[str, str]:
+    def wandb_only(tmp: Path) -> dict[str, str]:
         assert trained is not None
-        # A fresh copy per trial: each resume adds a directory next to the training run's.
+        # A fresh copy per trial: each trial adds its records to the training run's log.
         shutil.copytree(trained / "wandb", tmp / "wandb")
         return {
-            **healthy,
             "WANDB_MODE": "offline",
             "WANDB_DIR": str(tmp),
             "WANDB_RUN_ID": RUN_ID,
@@ -320,9 +325,12 @@ def scenarios(
             "WANDB_SILENT": "true",
         }
 
-    # Unconfigured channels are still asked, and say why they skip.
-    none = {"discord": "skipped", "github": "skipped", "wandb": "skipped"}
-    both = {"discord": "sent", "github": "sent", "wandb": "skipped"}
+    def with_wandb(tmp: Path) -> dict[str, str]:
+        return {**healthy, **wandb_only(tmp)}
+
+    # A skipped (unconfigured) channel is logged only at debug level: it shows no line.
+    none: dict[str, str] = {}
+    both = {"discord": "sent", "slack": "sent", "github": "sent"}
     all_three = {**both, "wandb": "sent"}
     listed = [
         Scenario("a", "(a) no notifications configured", EXIT_AT_ONCE, lambda _: {}, none, "a"),
@@ -331,7 +339,7 @@ def scenarios(
         ),
         Scenario(
             "b",
-            "(b) Discord + GitHub, healthy loopback",
+            "(b) Discord + Slack + GitHub, healthy loopback",
             EXIT_AT_ONCE,
             lambda _: dict(healthy),
             both,
@@ -342,8 +350,17 @@ def scenarios(
     if trained is not None:
         listed += [
             Scenario(
+                "e",
+                "(e) W&B offline alone, command exits at once",
+                EXIT_AT_ONCE,
+                wandb_only,
+                {"wandb": "sent"},
+                "a",
+                "< 0.3 s",
+            ),
+            Scenario(
                 "c",
-                "(c) Discord + GitHub + W&B offline, command exits at once",
+                "(c) Discord + Slack + GitHub + W&B offline, command exits at once",
                 EXIT_AT_ONCE,
                 with_wandb,
                 all_three,
@@ -352,7 +369,7 @@ def scenarios(
             ),
             Scenario(
                 "c3",
-                "(c') Discord + GitHub + W&B offline, command runs 3 s",
+                "(c') Discord + Slack + GitHub + W&B offline, command runs 3 s",
                 EXIT_AFTER_3S,
                 with_wandb,
                 all_three,
@@ -363,10 +380,10 @@ def scenarios(
     listed.append(
         Scenario(
             "d",
-            f"(d) Discord + GitHub dead (never answer), deadline {DEAD_DEADLINE:g} s",
+            f"(d) Discord + Slack + GitHub dead (never answer), deadline {DEAD_DEADLINE:g} s",
             EXIT_AT_ONCE,
             lambda _: http_env(dead.url, dead.url, SKYGUARD_NOTIFY_DEADLINE=f"{DEAD_DEADLINE:g}s"),
-            {"discord": "failed", "github": "failed", "wandb": "skipped"},
+            {"discord": "failed", "slack": "failed", "github": "failed"},
             "a",
             f"= {DEAD_DEADLINE:g} s (not 3 tries x 13 s)",
         )
@@ -386,7 +403,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-wandb", action="store_true", help="leave out (c) and (c')")
+    parser.add_argument("--no-wandb", action="store_true", help="leave out (c), (c') and (e)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -394,7 +411,7 @@ def main() -> int:
         import wandb  # noqa: F401 - only whether it is there
     except ImportError:
         args.no_wandb = True
-        print("wandb is not installed: (c) and (c') are left out", file=sys.stderr)
+        print("wandb is not installed: (c), (c') and (e) are left out", file=sys.stderr)
 
     discord, github, dead = HealthyEndpoint(), HealthyEndpoint(), DeadEndpoint()
     gaps: dict[str, list[float]] = {}

@@ -3,7 +3,7 @@
 The keys of the ``[notifications]`` table and the variables that override them are
 listed in :mod:`notifications.config_keys`. Secrets come from the environment only
 (SkyPilot ``secrets:``), never the file: ``SKYGUARD_DISCORD_WEBHOOK_URL``,
-``SKYGUARD_GITHUB_TOKEN`` / ``GITHUB_TOKEN``.
+``SKYGUARD_SLACK_WEBHOOK_URL``, ``SKYGUARD_GITHUB_TOKEN`` / ``GITHUB_TOKEN``.
 Also from the environment: ``SKYGUARD_GIT_COMMIT`` (else ``GITHUB_SHA``), W&B's
 own ``WANDB_RUN_ID``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MODE``,
 ``WANDB_DIR``, ``WANDB_BASE_URL``, and SkyPilot's ``SKYPILOT_MANAGED_JOB_ID`` /
@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR, GITHUB_TOKEN_VAR
+from devops.skypilot.common.credentials import (
+    DISCORD_WEBHOOK_VAR,
+    GITHUB_TOKEN_VAR,
+    SLACK_WEBHOOK_VAR,
+)
 from notifications.channels.discord import DiscordNotifier, DiscordSettings
 from notifications.channels.github import (
     GitHubNotifier,
     GitHubSettings,
 )
+from notifications.channels.slack import SlackNotifier, SlackSettings
 from notifications.channels.wandb import MODES, WandbNotifier, WandbSettings
 from notifications.config_keys import CHANNELS, ConfigError, env_value, resolve, url_value
 from notifications.http import HttpTimeouts, is_http_url
@@ -45,6 +50,14 @@ def _value(env: Mapping[str, str], *names: str) -> str | None:
 def _secret(env: Mapping[str, str], *names: str) -> Secret | None:
     value = _value(env, *names)
     return None if value is None else Secret(value)
+
+
+def _webhook(env: Mapping[str, str], name: str) -> Secret | None:
+    webhook = _secret(env, name)
+    if webhook is not None and not is_http_url(webhook.reveal()):
+        # The value is a secret: name the variable, never quote it.
+        raise ConfigError(f"{name}: expected an http(s) URL")
+    return webhook
 
 
 def _commit(env: Mapping[str, str]) -> str | None:
@@ -98,6 +111,7 @@ class NotificationConfig:
     deadline: float = DEFAULT_DEADLINE
     retry: RetrySettings = field(default_factory=RetrySettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)
     github: GitHubSettings = field(default_factory=GitHubSettings)
     wandb: WandbSettings = field(default_factory=WandbSettings)
     git_commit: str | None = None
@@ -119,10 +133,7 @@ class NotificationConfig:
             raise ConfigError("[notifications] must be a table")
         values = resolve(section or {}, env)
         timeouts = HttpTimeouts(values["connect_timeout"], values["read_timeout"])
-        webhook = _secret(env, DISCORD_WEBHOOK_VAR)
-        if webhook is not None and not is_http_url(webhook.reveal()):
-            # The value is a secret: name the variable, never quote it.
-            raise ConfigError(f"{DISCORD_WEBHOOK_VAR}: expected an http(s) URL")
+        webhook = _webhook(env, DISCORD_WEBHOOK_VAR)
         return cls(
             enabled=values["enabled"],
             channels=values["channels"],
@@ -131,6 +142,7 @@ class NotificationConfig:
             discord=DiscordSettings(
                 webhook, values["discord_username"], timeouts, values["discord_thread_id"]
             ),
+            slack=SlackSettings(_webhook(env, SLACK_WEBHOOK_VAR), timeouts),
             github=GitHubSettings(
                 token=_secret(env, GITHUB_TOKEN_VAR, "GITHUB_TOKEN"),
                 repo=values["github_repo"],
@@ -151,6 +163,7 @@ class NotificationConfig:
             return []
         built: dict[str, Notifier] = {
             "discord": DiscordNotifier(self.discord),
+            "slack": SlackNotifier(self.slack),
             "github": GitHubNotifier(self.github),
             "wandb": WandbNotifier(self.wandb),
         }
@@ -202,6 +215,7 @@ class NotificationConfig:
                 "username": self.discord.username,
                 "thread_id": self.discord.thread_id,
             },
+            "slack": {"webhook_url": shown(self.slack.webhook_url)},
             "github": {
                 "token": shown(self.github.token),
                 "repo": self.github.repo,

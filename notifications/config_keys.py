@@ -4,7 +4,7 @@ Every key of the ``[notifications]`` TOML table, with the environment variable
 that overrides it (a set, non-empty variable wins over the file) and its default:
 
 - ``enabled`` (SKYGUARD_NOTIFY_ENABLED, true): master switch.
-- ``channels`` (SKYGUARD_NOTIFY_CHANNELS, all): which of discord, github, wandb may send.
+- ``channels`` (SKYGUARD_NOTIFY_CHANNELS, all): which of discord, slack, github, wandb may send.
 - ``deadline`` (SKYGUARD_NOTIFY_DEADLINE, 20s): total time for all channels together.
 - ``tries`` (SKYGUARD_NOTIFY_TRIES, 3): tries per channel, for transient errors only.
 - ``connect_timeout`` (SKYGUARD_NOTIFY_CONNECT_TIMEOUT, 3.05s): HTTP connect timeout per try.
@@ -32,12 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR
+from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR, SLACK_WEBHOOK_VAR
 from notifications.channels.github import CONTEXT_LIMIT, DEFAULT_API_URL
 from notifications.http import HttpTimeouts, is_http_url
 from notifications.orchestrator import DEFAULT_DEADLINE, RetrySettings
 
-CHANNELS = ("discord", "github", "wandb")
+CHANNELS = ("discord", "slack", "github", "wandb")
 
 
 class ConfigError(ValueError):
@@ -195,6 +195,7 @@ KEYS: Mapping[str, Key] = {
 SECRET_KEYS: Mapping[str, str] = {
     "discord_webhook_url": DISCORD_WEBHOOK_VAR,
     "webhook_url": DISCORD_WEBHOOK_VAR,
+    "slack_webhook_url": SLACK_WEBHOOK_VAR,
     "github_token": "GITHUB_TOKEN",
     "token": "GITHUB_TOKEN",
     "wandb_api_key": "WANDB_API_KEY",

@@ -71,9 +71,9 @@ PHASE_LEVELS: Mapping[Phase, Level] = {
 #: A start only sets the commit status pending: restarts must not spam the chat.
 LEVEL_CHANNELS: Mapping[Level, frozenset[str]] = {
     Level.STATUS: frozenset({"github"}),
-    Level.INFO: frozenset({"github", "discord", "wandb"}),
-    Level.WARNING: frozenset({"github", "discord", "wandb"}),
-    Level.ERROR: frozenset({"github", "discord", "wandb"}),
+    Level.INFO: frozenset({"github", "discord", "slack", "wandb"}),
+    Level.WARNING: frozenset({"github", "discord", "slack", "wandb"}),
+    Level.ERROR: frozenset({"github", "discord", "slack", "wandb"}),
 }
 
 

@@ -38,3 +38,9 @@ def webhook_token() -> str:
 @pytest.fixture
 def github_token() -> str:
     return "ghp_" + secrets.token_hex(18)
+
+
+@pytest.fixture
+def slack_token() -> str:
+    """The secret last part of a Slack webhook URL."""
+    return secrets.token_hex(12)

@@ -61,12 +61,15 @@ def test_a_429_without_json_waits_x_ratelimit_reset_after(serve: Serve, webhook_
     limited = Reply(
         429,
         b"",
-        {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "2.5", "Retry-After": "3"},
+        {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "0.25", "Retry-After": "3"},
     )
     server = serve([limited, discord_ok])
     sleep = RecordedSleep()
     (delivery,) = Orchestrator([notifier(server, webhook_token)], sleep=sleep).deliver(make_event())
-    assert delivery.ok and sleep.waits == [2.5]
+    assert delivery.ok and sleep.waits == [0.25]
+    # The retry itself waited for the bucket (the recorded sleep does not sleep).
+    first, second = server.requests
+    assert second.at - first.at >= 0.25
 
 
 def test_an_empty_bucket_is_waited_out_before_the_next_message(

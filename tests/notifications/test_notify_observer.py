@@ -178,6 +178,7 @@ def test_dead_endpoints_cost_about_the_deadline_and_change_nothing(
     assert dataclasses.asdict(termination) == before and termination.exit_code == 3
     assert {d.channel: d.status.value for d in observer.last_deliveries} == {
         "discord": "failed",
+        "slack": "skipped",
         "github": "failed",
         "wandb": "skipped",
     }

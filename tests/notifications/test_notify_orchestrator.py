@@ -38,7 +38,7 @@ from tests.notifications.notify_fakes import (
 
 Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
-CHANNELS = {"discord", "github", "wandb"}
+CHANNELS = {"discord", "slack", "github", "wandb"}
 
 
 def discord(server: LoopbackServer, token: str, read: float = 5.0) -> DiscordNotifier:

@@ -169,7 +169,12 @@ def test_the_observer_leaks_nothing_into_logs_or_the_state_dir(
         ),
     )
     statuses = {d.channel: d.status.value for d in observer.last_deliveries}
-    assert statuses == {"discord": "failed", "github": "skipped", "wandb": "skipped"}
+    assert statuses == {
+        "discord": "failed",
+        "slack": "skipped",
+        "github": "skipped",
+        "wandb": "skipped",
+    }
     assert_nowhere(
         [webhook_token],
         caplog.text,

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 COORD_SECRET_VAR = "SKYGUARD_COORD_SECRET"
 DISCORD_WEBHOOK_VAR = "SKYGUARD_DISCORD_WEBHOOK_URL"
 GITHUB_TOKEN_VAR = "SKYGUARD_GITHUB_TOKEN"
+SLACK_WEBHOOK_VAR = "SKYGUARD_SLACK_WEBHOOK_URL"
 
 #: variable -> what skyguard uses it for. Add a new credential here, nowhere else.
 CREDENTIALS: Mapping[str, str] = {
     COORD_SECRET_VAR: "signs the coordination messages between the nodes of a job",
     DISCORD_WEBHOOK_VAR: "the Discord webhook notifications are posted to",
     GITHUB_TOKEN_VAR: "sets the GitHub commit status",
+    SLACK_WEBHOOK_VAR: "the Slack incoming webhook notifications are posted to",
 }
 
 
