@@ -251,8 +251,16 @@ def beat_into_full_disk(count: str) -> int:
 
 
 def _ready_on_sigterm() -> None:
-    """SIGTERM only says that it arrived (``$FAULT_READY``); stopping takes until SIGKILL."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: ready())
+    """SIGTERM only says that it arrived (``$FAULT_READY``, and one byte per SIGTERM in
+    ``$FAULT_READY.sigterms``); stopping takes until SIGKILL."""
+    count = os.open(os.environ["FAULT_READY"] + ".sigterms", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def noted(signum: int, frame: object) -> None:
+        os.write(count, b"T")
+        if os.fstat(count).st_size == 1:
+            ready()
+
+    signal.signal(signal.SIGTERM, noted)
 
 
 def exit_leaving_helper() -> int:

@@ -436,9 +436,10 @@ def no_beat_temp_files_left(done: Finished) -> None:
 
 def late_signal_logged(name: str) -> Check:
     def check(done: Finished) -> None:
-        assert f"skyguard: {name} came after the attempt had ended" in done.stderr, done.stderr[
-            -3000:
-        ]
+        late = f"skyguard: {name} came after the attempt had ended"
+        assert late in done.stderr, done.stderr[-3000:]
+        # The runner stops each process with one SIGTERM: a second is "force quit" to many.
+        assert (done.tmp / "ready.sigterms").read_text() == "T"
 
     return check
 

@@ -118,23 +118,28 @@ class SupervisedProcess:
         return alive
 
     def _signal_tree(self, signum: int) -> None:
-        """Signal the command's process group, then every descendant outside it."""
-        if self._popen is not None:
+        """Signal the command's process group, then every descendant outside it, each
+        process once: a second SIGTERM is "force quit" to many training scripts."""
+        group = self._popen.pid if self._popen is not None else None
+        if group is not None:
             # Also once the leader is reaped: the group lives while any member does,
             # and the kernel signals all of them at once, so a member that forks and
             # exits faster than any listing of processes is still reached. Its id is
             # not reused while a member lives; we stop once no child is left.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._popen.pid, signum)
+                os.killpg(group, signum)
         # Our own children (orphans adopted included) straight from the kernel, in
         # microseconds: one that hops out of the group too is hit before it moves on.
         # An unreaped child's pid cannot be reused, so this never hits a stranger.
-        for pid in own_children():
+        children = own_children()
+        for pid in children:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+                if os.getpgid(pid) != group:
+                    os.kill(pid, signum)
         for process in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signum)
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if process.pid not in children and os.getpgid(process.pid) != group:
+                    process.send_signal(signum)  # psutil checks it is still that process
 
     def _tree_empty(self) -> bool:
         """Nothing below the runner is alive.
