@@ -10,6 +10,10 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
 * ``beating``: keeps beating forever (the healthy rank of a job);
 * ``work``: beats for 2 s, then exits 0; ``exit``: exits 0 at once.
+
+Under ``launch.py`` (``HUNG_BARRIER`` set) every rank waits, beating, until all
+ranks are ready before it hangs: on a loaded machine a rank still starting up would
+otherwise be caught mid-import, and the hang would not be the one the test set up.
 """
 
 from __future__ import annotations
@@ -52,6 +56,20 @@ def _run_epoch(mode: str) -> None:
         time.sleep(0.02)
 
 
+def _barrier() -> None:
+    directory = os.environ.get("HUNG_BARRIER")
+    if not directory:
+        return
+    with open(os.path.join(directory, f"ready-{os.environ['RANK']}"), "w"):
+        pass
+    deadline = time.monotonic() + 60
+    while len(os.listdir(directory)) < int(os.environ["WORLD_SIZE"]):
+        if time.monotonic() > deadline:
+            sys.exit("hung.py: the other ranks never got ready")
+        heartbeat.beat()
+        time.sleep(0.01)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -65,6 +83,7 @@ def main() -> None:
     for _ in range(args.beats):
         heartbeat.beat(force=True)
         time.sleep(0.02)
+    _barrier()
     print("ready", flush=True)
     _run_epoch(args.mode)
     sys.exit(0)

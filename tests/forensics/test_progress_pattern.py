@@ -5,7 +5,15 @@ from __future__ import annotations
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 
 PRINTER = str(REPO / "tests" / "forensics" / "printer.py")
-WATCH = ("--heartbeat-timeout", "1", "--progress-pattern", r"^step \d+ loss")
+#: The startup grace covers a slow start on a loaded machine.
+WATCH = (
+    "--heartbeat-timeout",
+    "1",
+    "--startup-grace",
+    "60",
+    "--progress-pattern",
+    r"^step \d+ loss",
+)
 
 
 def test_printing_progress_keeps_the_job_alive(skyguard: SkyguardRunner) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from devops.skypilot.node.forensics.capture import find_py_spy
@@ -11,7 +12,9 @@ from tests.conftest import PYTHON, REPO, SkyguardRunner
 
 LAUNCH = str(REPO / "tests" / "forensics" / "launch.py")
 HUNG = REPO / "tests" / "forensics" / "hung.py"
-HANG = ("--heartbeat-timeout", "1", "--forensics-timeout", "3")
+#: The startup grace covers slow starts on a loaded machine; the hang itself is
+#: caught 1 s after the ranks' last beat.
+HANG = ("--heartbeat-timeout", "1", "--startup-grace", "60", "--forensics-timeout", "3")
 
 
 def _line_of(text: str) -> int:
@@ -44,6 +47,15 @@ def test_a_hung_rank_is_named_before_the_kill(skyguard: SkyguardRunner) -> None:
     stacks = Path(forensics["directory"]) / "stacks.txt"
     assert stacks.read_text().startswith(forensics["summary"] + "\n")
     assert forensics["directory"] == str(result.state_dir / "forensics" / "attempt-1")
+    state = str(result.state_dir)
+    status = subprocess.run(
+        [PYTHON, "-m", "devops.skypilot", "status", "exp", "--offline", "--state-dir", state],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"stacks: {forensics['summary']}" in status.stdout, status.stderr
 
 
 def test_a_rank_that_ignores_sigterm_is_named_and_then_killed(skyguard: SkyguardRunner) -> None:
@@ -63,8 +75,10 @@ def test_a_hanging_py_spy_does_not_hold_the_stop(skyguard: SkyguardRunner, tmp_p
         [PYTHON, LAUNCH, "collective", "syscall"],
         "--heartbeat-timeout",
         "1",
+        "--startup-grace",
+        "60",
         "--forensics-timeout",
-        "0.5",
+        "2",
         env=env,
     )
     assert result.returncode == 75, result.stderr
@@ -91,6 +105,8 @@ def test_no_capture_for_a_crash_a_success_or_when_turned_off(
         [PYTHON, LAUNCH, "sleep"],
         "--heartbeat-timeout",
         "1",
+        "--startup-grace",
+        "60",
         "--forensics-timeout",
         "0",
         state_dir=tmp_path / "off",

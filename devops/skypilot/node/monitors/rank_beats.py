@@ -99,11 +99,14 @@ class RankBeats:
     def stale(self, now: float, timeout: float, margin: float) -> tuple[tuple[int, ...], str]:
         """The rank(s) to blame and the detail, once a rank had no beat for ``timeout``.
 
+        The detail names the rank(s) that stopped first and how the others fared.
         Ranks whose last beats lie within ``margin`` (the client's pacing plus the
-        check's lateness) of the first to stop stopped *together*: their order is
-        noise. Ranks are blamed only when others kept beating past that; when all
-        stopped together (every rank drawn into one collective) none is, and the
-        stacks say who is odd. ``((), '')`` while no rank is late.
+        check's lateness) of the first stopped *together*: their order is noise. The
+        first are *blamed* only while another rank is still beating (within
+        ``margin`` of now): a rank that hung alone. When all stopped, even at
+        different times, none is: ranks drawn into one collective stop a step apart
+        in any order, and the stacks say better who is odd. ``((), '')`` while no
+        rank is late.
         """
         watched = self._watched()
         if not watched or now - min(watched.values()) < timeout:
@@ -111,14 +114,20 @@ class RankBeats:
         first = min(watched.values())
         stopped = sorted(rank for rank, last in watched.items() if last <= first + margin)
         others = {rank: last for rank, last in watched.items() if rank not in stopped}
-        names = ", ".join(str(rank) for rank in stopped)
         detail = (
-            f"no heartbeat from rank{'s' if len(stopped) > 1 else ''} {names} "
-            f"for {now - first:.1f}s (timeout {timeout:g}s)"
+            f"no heartbeat from {_ranks(stopped)} for {now - first:.1f}s (timeout {timeout:g}s)"
         )
         if not others:
             return (), f"{detail}, all within {margin:.1f}s of each other"
-        lead = min(others.values()) - max(watched[rank] for rank in stopped)
-        ranks = ", ".join(str(rank) for rank in sorted(others))
-        plural = "s" if len(others) > 1 else ""
-        return tuple(stopped), f"{detail}; rank{plural} {ranks} kept beating {lead:.1f}s+ longer"
+        beating = sorted(rank for rank, last in others.items() if now - last <= margin)
+        later = sorted(rank for rank in others if rank not in beating)
+        if later:
+            lead = min(others[rank] for rank in later) - max(watched[rank] for rank in stopped)
+            detail += f"; {_ranks(later)} stopped {lead:.1f}s+ later"
+        if beating:
+            return tuple(stopped), f"{detail}; {_ranks(beating)} still beating"
+        return (), detail
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(str(rank) for rank in ranks)}"

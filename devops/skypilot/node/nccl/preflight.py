@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from devops.skypilot.node.nccl.results import (
     PreflightResult,
     format_table,
 )
+from devops.skypilot.node.ports import free_listen_port
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +77,6 @@ def read_result(path: Path) -> PreflightResult | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.debug("no preflight result in %s: %s", path, exc)
         return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -184,7 +177,7 @@ def spawn_local(
     """Run the preflight with ``nproc`` ranks on this machine (single node, no torchrun)."""
     if nproc < 1:
         raise PreflightConfigError(f"--nproc must be >= 1, got {nproc}")
-    port = master_port or _free_port()
+    port = master_port or free_listen_port()
 
     def spawn(module: list[str]) -> list[subprocess.Popen[bytes]]:
         procs = []
