@@ -39,6 +39,10 @@ def register() -> bool:
     raw = os.environ.get(ENV_DIR)
     if not raw:
         return False
+    if signal.getsignal(DUMP_SIGNAL) is not signal.SIG_DFL:
+        # The program uses SIGUSR2 itself (a checkpoint-on-signal hook): leave it
+        # alone. No file is published, so the runner never sends it; py-spy remains.
+        return False
     directory = Path(raw)
     temp = directory / f".faulthandler-{pid}.tmp"
     try:

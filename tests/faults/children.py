@@ -7,6 +7,7 @@ for the test poll for ``$FAULT_GO``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import resource
@@ -231,6 +232,25 @@ def fill_log_disk(lines: str, beat_seconds: str) -> int:
     return 0
 
 
+FATAL_AFTER_FLOOD = b"RuntimeError: CUDA error: an illegal memory access was encountered\n"
+
+
+def flood_lines(megabytes: str, pipe_file: str) -> int:
+    """A chatty job: ``megabytes`` MB of 100-byte lines as fast as the pipe takes them,
+    then one certainly fatal line, then a hang (the runner must stop it). Notes the
+    capacity of its stdout pipe, which the runner grows so the job blocks less."""
+    Path(pipe_file).write_text(str(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ)))
+    chunk = numbered_lines(10000)
+    out = sys.stdout.fileno()
+    for _ in range(int(megabytes)):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out, view) :]
+    os.write(out, FATAL_AFTER_FLOOD)
+    hang()
+    return 0
+
+
 def print_env() -> int:
     """What a training script's ``env`` dump would put in the log."""
     for name, value in sorted(os.environ.items()):
@@ -292,6 +312,7 @@ MODES: dict[str, Callable[..., int]] = {
     "say": say,
     "random-bytes": random_bytes,
     "print-env": print_env,
+    "flood-lines": flood_lines,
     "fill-log-disk": fill_log_disk,
 }
 

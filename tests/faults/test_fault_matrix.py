@@ -31,7 +31,7 @@ from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import INVALID, numbered_lines
+from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
 from tests.faults.endpoint import TOKEN, Endpoint, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
@@ -328,6 +328,15 @@ def log_incomplete_output_complete(done: Finished) -> None:
         assert "attempt log incomplete" in record["detail"], record["detail"]
 
 
+def chatty_job_streamed(done: Finished) -> None:
+    # The runner grows the command's pipes and reads them a MiB at a time.
+    assert int((done.tmp / "pipe").read_text()) >= 2**20
+    assert "illegal memory access" in done.printed["detail"]
+    with done.log.open("rb") as log:
+        log.seek(64 * 10000 * 100)
+        assert log.read() == FATAL_AFTER_FLOOD, "the log is not every byte, in order"
+
+
 def told_despite_closed_output(done: Finished) -> None:
     assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
         "head -1 read no line"
@@ -605,6 +614,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         hb(),
         state_tmpfs="256k",
         check=log_incomplete_output_complete,
+    ),
+    Scenario(
+        # 64 MB of 100-byte lines, then a fatal line the log patterns must still see.
+        "chatty-job-100-byte-lines",
+        child("flood-lines", "64", "{tmp}/pipe"),
+        "cuda_error",
+        75,
+        ("--grace", "1"),
+        signal="SIGTERM",
+        keep_stdout=False,
+        check=chatty_job_streamed,
     ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
     Scenario(

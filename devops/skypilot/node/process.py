@@ -61,7 +61,7 @@ class SupervisedProcess:
         command: Sequence[str],
         env: Mapping[str, str],
         log_path: Path,
-        sink: LineSink,
+        sink: LineSink | None,
     ) -> None:
         """Spawn the command in its own session (raises OSError if it cannot run)."""
         self._output = OutputCopy(log_path, sink)

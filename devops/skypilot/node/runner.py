@@ -43,6 +43,7 @@ from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
+from devops.skypilot.node.output import LineSink
 from devops.skypilot.node.process import SupervisedProcess, become_subreaper
 from devops.skypilot.node.signals import SignalWaker
 from devops.skypilot.node.state import RunningAttempt, StateDir, abandoned_termination
@@ -186,7 +187,7 @@ class Runner:
                     config.command,
                     self._child_env(ctx),
                     self.state.log_file(ctx.attempt),
-                    lambda line: _feed(monitors, line),
+                    _output_sink(monitors),
                 )
             except OSError as error:
                 raise ConfigError(f"cannot run {config.command[0]}: {error.strerror}") from None
@@ -366,9 +367,18 @@ def _with_stacks(detail: str, forensics: Forensics | None) -> str:
     return f"{detail}; stacks: {forensics.summary}"
 
 
-def _feed(monitors: Sequence[Monitor], line: str) -> None:
+def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
+    """What the command's lines are fed to; None when no monitor reads them (then
+    they are not even decoded). The list is read live: a disabled monitor drops out."""
+    if not any(monitor.reads_output for monitor in monitors):
+        return None
+    return lambda block: _feed(monitors, block)
+
+
+def _feed(monitors: Sequence[Monitor], block: str) -> None:
     for monitor in monitors:
-        _safely(monitor, "observe_line", line)
+        if monitor.reads_output:
+            _safely(monitor, "observe_lines", block)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

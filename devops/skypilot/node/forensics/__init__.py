@@ -71,9 +71,8 @@ def before_stop(
         results = capture(targets, directory, started + timeout, py_spy or find_py_spy())
         summary = summarize(results, verdict.ranks)
         _write_stacks(directory / STACKS_FILE, summary, results)
-    except OSError as error:
-        # Forensics must never stand between a hang and the stop.
-        logger.warning("skyguard: stack capture failed: %s", error)
+    except Exception:  # forensics must never stand between a hang and the stop
+        logger.exception("skyguard: stack capture failed; stopping the tree without it")
         return None
     elapsed = time.monotonic() - started
     logger.warning("skyguard: stacks (%.0f ms): %s", elapsed * 1000, summary)
