@@ -325,6 +325,25 @@ def test_first_decision_wins_and_successes_decide_nothing() -> None:
     assert set(board.ends) == {1, 2, 3}
 
 
+def test_each_request_number_counts_once_and_late_ones_pass_within_the_window() -> None:
+    fresh = coordination_head._Freshness()
+    assert fresh.admit(1, 2) and fresh.admit(1, 1), "a poll and an end report may cross"
+    assert not fresh.admit(1, 2) and not fresh.admit(1, 1)
+    assert fresh.admit(1, 100)
+    window = coordination_head.REPLAY_WINDOW
+    assert not fresh.admit(1, 100 - window), "too old to tell from a replay"
+    assert fresh.admit(1, 101 - window) and not fresh.admit(1, 101 - window)
+    assert fresh.admit(2, 1), "each node counts its own"
+
+
+@pytest.mark.parametrize(
+    "nonce", ["", "1", "1.", ".1", "a.1", "1.-1", "1.1.1", "1.\u00b2", "1." + "9" * 19]
+)
+def test_malformed_nonces_are_refused(nonce: str) -> None:
+    with pytest.raises(ValueError):
+        coordination_protocol.parse_nonce(nonce)
+
+
 @pytest.mark.parametrize(
     ("peer_code", "runner_signal", "expected"),
     [

@@ -270,6 +270,58 @@ def beat_into_full_disk(count: str) -> int:
     return 0
 
 
+def _ready_on_sigterm() -> None:
+    """SIGTERM only says that it arrived (``$FAULT_READY``, and one byte per SIGTERM in
+    ``$FAULT_READY.sigterms``); stopping takes until SIGKILL."""
+    count = os.open(os.environ["FAULT_READY"] + ".sigterms", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def noted(signum: int, frame: object) -> None:
+        os.write(count, b"T")
+        if os.fstat(count).st_size == 1:
+            ready()
+
+    signal.signal(signal.SIGTERM, noted)
+
+
+def exit_leaving_helper() -> int:
+    """Exit 0 at once, leaving a helper in the process group that is slow to stop."""
+    read, write = os.pipe()
+    if os.fork() == 0:
+        _ready_on_sigterm()
+        os.write(write, b"1")
+        hang()
+    os.read(read, 1)
+    return 0
+
+
+def hang_ready_on_sigterm() -> int:
+    """Beat a little, then hang; the runner's SIGTERM is noted, never obeyed."""
+    _ready_on_sigterm()
+    beats()
+    hang()
+    return 0
+
+
+def pid_hopper(trail: str, own_session: str = "") -> int:
+    """Leave a descendant that forks and exits every 2 ms, so its pid never stays; then
+    exit 0. Each generation appends a byte to ``trail``; all give up after 20 s, so a
+    leak does not outlive the test by long. ``own_session``: each hop leaves the group."""
+    give_up = time.monotonic() + 20
+    if os.fork() == 0:
+        fd = os.open(trail, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        while time.monotonic() < give_up:
+            if os.fork():
+                os._exit(0)
+            if own_session:
+                os.setsid()
+            os.write(fd, b".")
+            time.sleep(0.002)
+        os._exit(0)
+    while not os.path.exists(trail):
+        time.sleep(0.01)
+    return 0
+
+
 def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
     """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
     a job that prints something alarming and then goes on (or fails on its own)."""
@@ -309,6 +361,9 @@ MODES: dict[str, Callable[..., int]] = {
     "beat-forever": beat_forever,
     "print-after-go": print_after_go,
     "beat-into-full-disk": beat_into_full_disk,
+    "exit-leaving-helper": exit_leaving_helper,
+    "hang-ready-on-sigterm": hang_ready_on_sigterm,
+    "pid-hopper": pid_hopper,
     "say": say,
     "random-bytes": random_bytes,
     "print-env": print_env,

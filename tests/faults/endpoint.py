@@ -59,7 +59,7 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _closed_port() -> int:
+def free_port() -> int:
     """A loopback port nothing listens on: connections are refused at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -73,7 +73,7 @@ def serve(mode: str) -> Iterator[Endpoint]:
     anything else (``ok``): answers 204."""
     path = f"/api/webhooks/1/{TOKEN}"
     if mode == "down":
-        yield Endpoint(f"http://127.0.0.1:{_closed_port()}{path}", mode)
+        yield Endpoint(f"http://127.0.0.1:{free_port()}{path}", mode)
         return
     endpoint = Endpoint("", mode)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(endpoint))

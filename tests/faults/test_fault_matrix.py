@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import re
 import shutil
 import signal
@@ -32,7 +33,7 @@ from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
-from tests.faults.endpoint import TOKEN, Endpoint, serve
+from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
 CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")
@@ -84,6 +85,18 @@ class Live:
     tmp: Path
     ready: Path
     go: Path
+    endpoint: Endpoint | None = None
+
+    def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
+        """Poll ``condition`` while the runner lives (a guard against hanging, not a timing)."""
+        deadline = time.monotonic() + RUN_BOUND
+        while not condition():
+            assert self.process.poll() is None, f"runner exited before {what}"
+            assert time.monotonic() < deadline, f"never {what}"
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        return (self.tmp / "stderr").read_text(errors="replace")
 
     def wait_ready(self) -> int:
         """Wait until the command reached its moment; its pid."""
@@ -427,6 +440,128 @@ def no_beat_temp_files_left(done: Finished) -> None:
     assert not left, f"{len(left)} heartbeat temp files left behind"
 
 
+# --- issue 13, faults 2, 8: the first end wins; signals are handled from main's first line
+
+
+def late_signal_logged(name: str) -> Check:
+    def check(done: Finished) -> None:
+        late = f"skyguard: {name} came after the attempt had ended"
+        assert late in done.stderr, done.stderr[-3000:]
+        # The runner stops each process with one SIGTERM: a second is "force quit" to many.
+        assert (done.tmp / "ready.sigterms").read_text() == "T"
+
+    return check
+
+
+#: Without the hurry the ending would wait for a stalled endpoint for 30 s or more.
+SLOW_ENDING = {"SKYGUARD_NOTIFY_DEADLINE": "60s", "SKYGUARD_NOTIFY_READ_TIMEOUT": "60s"}
+#: Node 0 of two whose other node never comes: the head lingers for it after its end.
+HEAD_OF_TWO = {
+    "SKYPILOT_NODE_RANK": "0",
+    "SKYPILOT_NUM_NODES": "2",
+    "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+    "SKYPILOT_TASK_ID": "fault-matrix-head",
+    "SKYGUARD_COORD_PORT": "{port}",
+}
+ENDING_BOUND = 25.0
+
+
+def ending_hurried(name: str, cut_short: bool = True) -> Check:
+    """The signal during the ending kept the code (and cut the wait short, unless what
+    it waited for may end on its own within the hurry: the 5 s coordination linger)."""
+
+    def check(done: Finished) -> None:
+        code = done.printed["exit_code"]
+        assert f"skyguard: {name} during the ending; exit code {code} stands" in done.stderr, (
+            done.stderr[-3000:]
+        )
+        if cut_short:
+            assert "not waiting for them longer" in done.stderr
+            assert done.elapsed < ENDING_BOUND, f"the wait was not cut short: {done.elapsed:.1f}s"
+
+    return check
+
+
+def in_the_ending(live: Live) -> None:
+    """The runner has printed its decision: it is telling its observers now."""
+    live.wait_until("printed its end", lambda: "skyguard: termination" in live.stderr())
+    endpoint = live.endpoint
+    if endpoint is not None:
+        live.wait_until("posted the end", lambda: bool(endpoint.posts))
+
+
+def signal_in_the_ending(signum: signal.Signals, first: bool = False) -> Action:
+    def act(live: Live) -> None:
+        if first:
+            send_to_runner(signum)(live)
+        in_the_ending(live)
+        live.process.send_signal(signum)
+
+    return act
+
+
+@contextlib.contextmanager
+def config_fifo(tmp: Path) -> Iterator[None]:
+    os.mkfifo(tmp / "config.toml")
+    yield
+
+
+def signal_during_startup(signum: signal.Signals) -> Action:
+    """Signal the runner while its main reads the config file: a FIFO held open by us."""
+
+    def act(live: Live) -> None:
+        fifo = live.tmp / "config.toml"
+        opened: list[int] = []
+
+        def reader_is_there() -> bool:
+            with contextlib.suppress(OSError):  # ENXIO: nobody reads it yet
+                opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(opened)
+
+        live.wait_until("opened its config file", reader_is_there)
+        try:
+            live.process.send_signal(signum)
+        finally:
+            os.close(opened[0])  # an empty config: start-up goes on, with the signal pending
+
+    return act
+
+
+def never_started(done: Finished) -> None:
+    assert not done.log.exists(), "the command was started"
+    assert "runner received" in done.printed["detail"]
+
+
+# --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+
+
+def signal_during_preflight(signum: signal.Signals) -> Action:
+    def act(live: Live) -> None:
+        def rank_running() -> bool:
+            with contextlib.suppress(psutil.Error):
+                for below in psutil.Process(live.process.pid).children(recursive=True):
+                    if "nccl-check" in below.cmdline():
+                        return True
+            return False
+
+        live.wait_until("started a preflight rank", rank_running)
+        live.process.send_signal(signum)
+
+    return act
+
+
+# --- issue 13, fault 4: a pid-hopping descendant does not escape
+
+
+def hopper_gone(done: Finished) -> None:
+    """No generation of the hopper is left: its trail stops growing."""
+    trail = done.tmp / "trail"
+    before = trail.stat().st_size
+    assert before > 0, "the hopper never ran"
+    time.sleep(1.0)  # 500 hops' worth: a live hopper would have written here
+    assert trail.stat().st_size == before, "a pid-hopping descendant outlived the runner"
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -661,6 +796,120 @@ SCENARIOS: tuple[Scenario, ...] = (
         0,
         check=no_beat_temp_files_left,
     ),
+    # --- issue 13, fault 2: a signal after the end is logged, not decisive
+    Scenario(
+        "late-sigterm-after-exit-0",
+        child("exit-leaving-helper"),
+        "completed",
+        0,
+        ("--grace", "3"),
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        "late-sigterm-after-heartbeat-timeout",
+        child("hang-ready-on-sigterm"),
+        "heartbeat_timeout",
+        75,
+        hb(grace="3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        # The seeded attempt used 100 s of the 102 s budget.
+        "late-sigterm-after-max-runtime",
+        child("hang-ready-on-sigterm"),
+        "max_runtime_reached",
+        124,
+        ("--max-runtime", "102", "--grace", "3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    # --- issue 13, fault 8: handlers from main's first line to its last
+    *(
+        Scenario(
+            f"ending-{signum.name.lower()}-during-notification",
+            child("close-stdout", "3"),
+            "job_failed",
+            3,
+            endpoint="slow",
+            extra_env=SLOW_ENDING,
+            action=signal_in_the_ending(signum),
+            check=ending_hurried(signum.name),
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ),
+    Scenario(
+        "ending-second-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        hb("5"),
+        signal="SIGTERM",
+        endpoint="slow",
+        extra_env=SLOW_ENDING,
+        action=signal_in_the_ending(signal.SIGTERM, first=True),
+        check=ending_hurried("SIGTERM"),
+    ),
+    Scenario(
+        "ending-sigterm-during-coordination-linger",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        extra_env=HEAD_OF_TWO,
+        action=signal_in_the_ending(signal.SIGTERM),
+        check=ending_hurried("SIGTERM", cut_short=False),
+    ),
+    Scenario(
+        "startup-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--config", "{tmp}/config.toml"),
+        around=config_fifo,
+        action=signal_during_startup(signal.SIGTERM),
+        check=never_started,
+    ),
+    # --- issue 13, fault 4: a pid-hopping descendant does not escape
+    Scenario(
+        "child-pid-hopper",
+        child("pid-hopper", "{tmp}/trail"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
+    ),
+    Scenario(
+        "child-pid-hopper-own-sessions",
+        child("pid-hopper", "{tmp}/trail", "own-session"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
+    ),
+    # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+    Scenario(
+        "preflight-passing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight",),
+        action=signal_during_preflight(signal.SIGTERM),
+        check=never_started,
+    ),
+    Scenario(
+        # Two ranks and an impossible bus bandwidth floor: the preflight fails.
+        "preflight-failing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight", "--preflight-min-busbw", "1e6"),
+        extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
+        action=signal_during_preflight(signal.SIGTERM),
+        check=never_started,
+    ),
     *(
         Scenario(
             f"state-{name}",
@@ -893,9 +1142,14 @@ def _run(
     env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
     if endpoint is not None:
         env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
-    env.update(scenario.extra_env)
-    command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
-    options = [part.replace("{tmp}", str(tmp_path)) for part in scenario.options]
+    port = str(free_port())
+
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{port}", port)
+
+    env.update({name: fill(value) for name, value in scenario.extra_env.items()})
+    command = [fill(part) for part in scenario.command]
+    options = [fill(part) for part in scenario.options]
     runner_args = ["--state-dir", str(state_dir), *options, "--", *command]
     argv = _launch(skyguard, scenario, runner_args, env)
     stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
@@ -908,7 +1162,7 @@ def _run(
     peak_rss = 0.0
     try:
         if scenario.action is not None:
-            scenario.action(Live(process, state_dir, tmp_path, ready, go))
+            scenario.action(Live(process, state_dir, tmp_path, ready, go, endpoint))
         deadline = time.monotonic() + RUN_BOUND
         while process.poll() is None:
             assert time.monotonic() < deadline, f"runner still running after {RUN_BOUND}s"

@@ -42,6 +42,17 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
+def own_children() -> list[int]:
+    """The runner's children, live or not yet reaped (``/proc/self/task/*/children``;
+    empty where the kernel does not offer the file)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as file:
+                pids.extend(int(pid) for pid in file.read().split())
+    return pids
+
+
 class SupervisedProcess:
     """One run of the command, from spawn to an empty process tree."""
 
@@ -77,17 +88,21 @@ class SupervisedProcess:
 
     def reap(self) -> int | None:
         """Reap every exited child (we are their subreaper); the command's return code."""
+        self._reap_all()
+        return self.returncode
+
+    def _reap_all(self) -> bool:
+        """Reap every exited child; True once the runner has no child left (ECHILD)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return True
             if pid == 0:
-                break
+                return False
             if self._popen is not None and pid == self._popen.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self._popen.returncode = self.returncode
-        return self.returncode
 
     def descendants(self) -> list[psutil.Process]:
         """Every live process below the runner (orphans adopted by it included)."""
@@ -103,17 +118,38 @@ class SupervisedProcess:
         return alive
 
     def _signal_tree(self, signum: int) -> None:
-        if self._popen is not None and self.returncode is None:
+        """Signal the command's process group, then every descendant outside it, each
+        process once: a second SIGTERM is "force quit" to many training scripts."""
+        group = self._popen.pid if self._popen is not None else None
+        if group is not None:
+            # Also once the leader is reaped: the group lives while any member does,
+            # and the kernel signals all of them at once, so a member that forks and
+            # exits faster than any listing of processes is still reached. Its id is
+            # not reused while a member lives; we stop once no child is left.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._popen.pid, signum)
+                os.killpg(group, signum)
+        # Our own children (orphans adopted included) straight from the kernel, in
+        # microseconds: one that hops out of the group too is hit before it moves on.
+        # An unreaped child's pid cannot be reused, so this never hits a stranger.
+        children = own_children()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) != group:
+                    os.kill(pid, signum)
         for process in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signum)
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if process.pid not in children and os.getpgid(process.pid) != group:
+                    process.send_signal(signum)  # psutil checks it is still that process
 
     def _tree_empty(self) -> bool:
-        """The command is reaped and nothing below the runner is alive."""
-        command_done = self._popen is None or self.reap() is not None
-        return command_done and not self.descendants()
+        """Nothing below the runner is alive.
+
+        Judged by ``waitpid`` failing with ECHILD, not by a listing of processes: as
+        the subreaper, the runner is the parent of every orphan of the command, so
+        while any descendant lives the runner has a child; a process that forks and
+        exits every few milliseconds can slip through a listing, never through this.
+        """
+        return self._reap_all()
 
     def _wait_empty(self, deadline: float) -> bool:
         """Wait until the tree is empty or the deadline passes."""
@@ -123,27 +159,23 @@ class SupervisedProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            # SIGCHLD wakes us for our own children; grandchildren dying under a
-            # live parent send no signal to us, hence the short poll.
-            self._waker.wait(min(remaining, 0.05))
+            # The last exit in the tree is always a SIGCHLD to us (a child of ours,
+            # or an orphan re-parented to us): it wakes this wait at once.
+            self._waker.wait(min(remaining, 0.5))
 
     def stop(self, grace: float) -> None:
         """SIGTERM the tree, wait ``grace``, SIGKILL what is left, reap it all."""
         if not self._tree_empty():
             began = time.monotonic()
             logger.info(
-                "skyguard: stopping %d process(es) with SIGTERM (grace %gs)",
-                len(self.descendants()),
-                grace,
+                "skyguard: stopping the command's processes with SIGTERM (grace %gs)", grace
             )
             self._signal_tree(signal.SIGTERM)
             if self._wait_empty(began + grace):
                 logger.info("skyguard: process tree empty after %.2fs", time.monotonic() - began)
             else:
                 logger.warning(
-                    "skyguard: %d process(es) still alive %gs after SIGTERM; sending SIGKILL",
-                    len(self.descendants()),
-                    grace,
+                    "skyguard: processes still alive %gs after SIGTERM; sending SIGKILL", grace
                 )
                 self.kill()
 

@@ -34,11 +34,10 @@ from devops.skypilot.common.termination import (
     TerminationReason,
     Verdict,
     decide,
-    shell_exit_code,
-    signal_name,
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
 from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
@@ -61,6 +60,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: The preflight, given ``stop()``: true once a stop signal came; it must then give up.
+Preflight = Callable[[Callable[[], bool]], Verdict | None]
+
+
 @dataclass
 class RunnerExtensions:
     """What other parts of skyguard plug into a run (built by the CLI)."""
@@ -71,19 +74,32 @@ class RunnerExtensions:
     env_defaults: Mapping[str, str] = field(default_factory=dict)
     #: A check run before the command on every attempt (the NCCL preflight); a
     #: verdict ends the attempt before the command starts.
-    preflight: Callable[[], Verdict | None] | None = None
+    preflight: Preflight | None = None
 
 
 class Runner:
-    def __init__(self, config: RunConfig, extensions: RunnerExtensions | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        extensions: RunnerExtensions | None = None,
+        waker: SignalWaker | None = None,
+    ) -> None:
         self.config = config
         self.extensions = extensions or RunnerExtensions()
         self.state = StateDir(config.state_dir)
+        #: Handlers already installed by ``skyguard run``'s main; else installed by run().
+        self.waker = waker
         #: Where a hung attempt's processes were; set before its tree is stopped.
         self.forensics: Forensics | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
+        if self.waker is not None:
+            return self._run(self.waker)
+        with SignalWaker() as waker:
+            return self._run(waker)
+
+    def _run(self, waker: SignalWaker) -> Termination:
         config = self.config
         prepare_state_dir(config)
         self._warn_if_local_state()
@@ -114,8 +130,7 @@ class Runner:
             config.heartbeat_file.unlink()
         become_subreaper()
         try:
-            with SignalWaker() as waker:
-                outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+            outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
         except BaseException:
             self._tell("close")
             raise
@@ -146,8 +161,12 @@ class Runner:
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
         # A closed stderr (``| head -1``) loses the line, never the code or the observers.
         say(f"skyguard: termination {json.dumps(termination.to_json())}")
-        self._tell("on_end", ctx, termination)
-        self._tell("close")
+
+        def tell_end() -> None:
+            self._tell("on_end", ctx, termination)
+            self._tell("close")
+
+        tell_hurried(waker, tell_end, termination.exit_code)
         return termination
 
     def _attempt(
@@ -159,24 +178,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
-        if config.max_runtime and runtime_used >= config.max_runtime:
-            spent = Verdict(
-                TerminationReason.MAX_RUNTIME_REACHED,
-                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
-                f"({runtime_used:.0f}s); not starting",
-            )
-            return Outcome(child_returncode=None, verdict=spent), ChildEnd(None, None)
-        self._tell("on_start", ctx)
-        if waker.stop_signal is not None:  # cancelled while observers were told
-            return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
-        if self.extensions.preflight is not None:
-            failed = _safely(self.extensions, "preflight")
-            if isinstance(failed, Verdict):
-                logger.warning("skyguard: preflight failed: %s", failed.detail)
-                failed = replace(failed, monitor=failed.monitor or "Preflight")
-                return Outcome(None, verdict=failed, duration=time.monotonic() - started), ChildEnd(
-                    None, None
-                )
+        not_started = self._before_start(ctx, waker, runtime_used, started)
+        if not_started is not None:
+            return not_started, ChildEnd(None, None)
         process = SupervisedProcess(waker)
         verdict: Verdict | None = None
         try:
@@ -198,6 +202,9 @@ class Runner:
                 process.pid,
             )
             verdict = self._watch(process, monitors, waker, ctx, started)
+            # The first end wins: a signal only counts if it came before the end was seen.
+            ended_by = None if verdict is not None else waker.stop_signal()
+            seen = len(waker.received)
             # Before SIGTERM, while the hung processes are still where they hung.
             self.forensics = before_stop(
                 verdict,
@@ -211,17 +218,46 @@ class Runner:
             for monitor in monitors:
                 _safely(monitor, "stop")
         duration = time.monotonic() - started
+        ended_by = deciding_signal(ended_by, verdict, process.returncode, waker.received[seen:])
         explanation = None
-        if verdict is None and waker.stop_signal is None and process.returncode:
+        if verdict is None and ended_by is None and process.returncode:
             explanation = next(filter(None, (_explain(m) for m in monitors)), None)
         outcome = Outcome(
             child_returncode=process.returncode,
             verdict=verdict,
-            runner_signal=waker.stop_signal,
+            runner_signal=ended_by,
             explanation=explanation,
             duration=duration,
         )
         return outcome, ChildEnd.of(process)
+
+    def _before_start(
+        self, ctx: JobContext, waker: SignalWaker, runtime_used: float, started: float
+    ) -> Outcome | None:
+        """Why the command must not start: a signal, a spent budget, a failed preflight."""
+        config = self.config
+        if waker.stop_signal() is not None:  # signalled during start-up
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if config.max_runtime and runtime_used >= config.max_runtime:
+            spent = Verdict(
+                TerminationReason.MAX_RUNTIME_REACHED,
+                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
+                f"({runtime_used:.0f}s); not starting",
+            )
+            return Outcome(child_returncode=None, verdict=spent)
+        self._tell("on_start", ctx)
+        if waker.stop_signal() is not None:  # cancelled while observers were told
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if self.extensions.preflight is not None:
+            failed = _safely(self.extensions, "preflight", lambda: waker.stop_signal() is not None)
+            duration = time.monotonic() - started
+            if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
+                return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
+            if isinstance(failed, Verdict):
+                logger.warning("skyguard: preflight failed: %s", failed.detail)
+                failed = replace(failed, monitor=failed.monitor or "Preflight")
+                return Outcome(None, verdict=failed, duration=duration)
+        return None
 
     def _watch(
         self,
@@ -235,7 +271,7 @@ class Runner:
         due = {id(monitor): monitor.next_check(started) for monitor in monitors}
         checkpoint_due = started
         while True:
-            if process.reap() is not None or waker.stop_signal is not None:
+            if process.reap() is not None or waker.stop_signal() is not None:
                 return None
             now = time.monotonic()
             for monitor in list(monitors):
@@ -322,28 +358,6 @@ def prepare_state_dir(config: RunConfig) -> None:
         raise ConfigError(
             f"heartbeat file {heartbeat}: cannot create its directory: {error}"
         ) from None
-
-
-@dataclass(frozen=True)
-class ChildEnd:
-    """How the command itself ended, as the record shows it."""
-
-    child_exit_code: int | None
-    signal: str | None
-    #: Why ``logs/attempt-N.log`` misses some of its output (a full disk); None if complete.
-    log_problem: str | None = None
-
-    @classmethod
-    def of(cls, process: SupervisedProcess) -> ChildEnd:
-        code = process.returncode
-        log = process.log_problem
-        if code is None:
-            return cls(None, None, log)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None, log)
-
-    def detail(self, decided: str) -> str:
-        """The record's detail: the decision's, and the log's state when it is incomplete."""
-        return decided if self.log_problem is None else f"{decided}; {self.log_problem}"
 
 
 def filesystem_type(path: Path) -> str:

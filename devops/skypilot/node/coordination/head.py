@@ -280,9 +280,9 @@ class HeadCoordinator(Coordinator):
             payload = await self._handle(request, sender)
         except _Rejected as rejected:
             self.rejections(request.client, rejected.status, str(rejected))
-            return Answer(rejected.status, {"error": str(rejected)})
+            return Answer.error(rejected.status, str(rejected))
         body = json.dumps(payload).encode()
-        return Answer(200, payload, {SIGNATURE_HEADER: seal.answer_signature(self._token, body)})
+        return Answer(200, body, {SIGNATURE_HEADER: seal.answer_signature(self._token, body)})
 
     def _authenticate(self, request: Request) -> tuple[Seal, int]:
         """The request's seal and sender, once its signature, session and number all hold.

@@ -51,8 +51,13 @@ class Request:
 @dataclass(frozen=True)
 class Answer:
     status: int
-    payload: Mapping[str, Any]
+    #: JSON, exactly the bytes sent (an answer's signature covers them).
+    body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def error(cls, status: int, why: str) -> Answer:
+        return cls(status, json.dumps({"error": why}).encode())
 
 
 @dataclass(frozen=True)
@@ -74,16 +79,15 @@ class _Refused(Exception):
 
 
 def encode(answer: Answer) -> bytes:
-    body = json.dumps(dict(answer.payload)).encode()
     phrase = HTTPStatus(answer.status).phrase
     lines = [
         f"HTTP/1.0 {answer.status} {phrase}",
         "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {len(answer.body)}",
         "Connection: close",
         *(f"{name}: {value}" for name, value in answer.headers.items()),
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.body
 
 
 def parse_head(raw: bytes) -> tuple[str, str, dict[str, str]]:
@@ -200,7 +204,7 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception:
             logger.warning("coordination: answering %s failed", request.target, exc_info=True)
-            answer = Answer(500, {"error": "internal error"})
+            answer = Answer.error(500, "internal error")
         self._send(answer)
 
     # ----------------------------------------------------------------- endings
@@ -232,7 +236,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, status: int, why: str) -> None:
         self._server.on_reject(self.client, status, why)
         self._settled()
-        self._send(Answer(status, {"error": why}))
+        self._send(Answer.error(status, why))
 
     def _send(self, answer: Answer) -> None:
         transport = self._transport
