@@ -27,8 +27,9 @@ from devops.skypilot.node.environment import (
     torchrun_command,
 )
 from devops.skypilot.node.monitors.base import Monitor
-from devops.skypilot.node.runner import Preflight, Runner, RunnerExtensions, prepare_state_dir
+from devops.skypilot.node.runner import Preflight, Runner, RunnerExtensions
 from devops.skypilot.node.signals import SignalWaker
+from devops.skypilot.node.state_checks import prepare_state_dir
 
 
 def skypilot_env(env: Mapping[str, str]) -> SkyPilotEnv:

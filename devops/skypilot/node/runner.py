@@ -19,9 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
-
-import psutil
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
@@ -46,14 +43,13 @@ from devops.skypilot.node.output import LineSink
 from devops.skypilot.node.process import SupervisedProcess, become_subreaper
 from devops.skypilot.node.signals import SignalWaker
 from devops.skypilot.node.state import RunningAttempt, StateDir, abandoned_termination
+from devops.skypilot.node.state_checks import prepare_state_dir, warn_if_local_state
 
 logger = logging.getLogger(__name__)
 
 #: How often the running attempt's runtime is checkpointed to the state dir, so a
 #: SIGKILLed runner (preemption without grace) still spends its runtime budget.
 CHECKPOINT_INTERVAL = 30.0
-#: Filesystems that can outlive the machine: a recovery elsewhere still sees them.
-SHARED_FILESYSTEMS = ("fuse", "nfs", "cifs", "smb", "lustre", "gpfs", "beegfs", "9p", "ceph")
 
 
 def utc_now() -> str:
@@ -102,7 +98,7 @@ class Runner:
     def _run(self, waker: SignalWaker) -> Termination:
         config = self.config
         prepare_state_dir(config)
-        self._warn_if_local_state()
+        warn_if_local_state(config)
         history = self.state.load_history()
         abandoned = self.state.take_abandoned()
         if abandoned is not None and abandoned.runner_alive():
@@ -326,50 +322,6 @@ class Runner:
     def _tell(self, hook: str, *args: object) -> None:
         for observer in self.extensions.observers:
             _safely(observer, hook, *args)
-
-    def _warn_if_local_state(self) -> None:
-        if not self.config.managed:
-            return
-        fstype = filesystem_type(self.config.state_dir)
-        if not any(fstype.startswith(shared) for shared in SHARED_FILESYSTEMS):
-            logger.warning(
-                "skyguard: state dir %s is on local disk (%s) of a managed job: attempt counts "
-                "and the runtime budget reset when SkyPilot recovers onto another machine; "
-                "mount a bucket there (see recipes/job.yaml)",
-                self.config.state_dir,
-                fstype or "unknown",
-            )
-
-
-def prepare_state_dir(config: RunConfig) -> None:
-    """Create the state dir and the heartbeat file's dir, or fail as a config error."""
-    try:
-        StateDir(config.state_dir).ensure_writable()
-    except OSError as error:
-        raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
-    heartbeat = config.heartbeat_file
-    if heartbeat.is_dir():
-        raise ConfigError(
-            f"heartbeat file {heartbeat} is a directory (--heartbeat-file names a file)"
-        )
-    try:
-        heartbeat.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(
-            f"heartbeat file {heartbeat}: cannot create its directory: {error}"
-        ) from None
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path`` ('' if unknown)."""
-    best, fstype = "", ""
-    resolved = str(path.resolve())
-    for partition in psutil.disk_partitions(all=True):
-        mount = partition.mountpoint
-        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, fstype = mount, partition.fstype
-    return fstype
 
 
 def _with_stacks(detail: str, forensics: Forensics | None) -> str:
