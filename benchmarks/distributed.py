@@ -25,6 +25,11 @@
     reaped, the steady share from samples every 0.25 s, 10 ms tick resolution)
     and its peak RSS (VmHWM). The GPU monitor is off where NVML finds no GPU;
     a note under the table says which.
+(d) **The head's endpoint under a 1,024-node job**: 1,024 simulated workers
+    long-polling a real head runner on loopback, with and without a crowd of
+    512 slow senders (see ``benchmarks/coordination_load.py``): how long the
+    decision takes to reach every worker, and the head's threads, memory and
+    descriptors.
 
 Every process a trial starts carries a tag in its environment and is killed
 when the trial ends, whatever happened. Writes
@@ -55,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from coordination_load import FOLLOWERS, SLOW_SENDERS, load_trial, summary
 
 from devops.skypilot.node.state import write_json_atomic
 
@@ -614,16 +620,76 @@ def cost_rows(repeats: int) -> tuple[list[dict[str, Any]], bool]:
     return rows, gpu_on
 
 
+def load_rows(repeats: int) -> list[dict[str, Any]]:
+    by_crowd: dict[int, list[dict[str, float]]] = {0: [], SLOW_SENDERS: []}
+    for index in range(repeats):
+        for crowd in by_crowd:  # interleaved, so background load hits both alike
+            with tagged() as tag, tempfile.TemporaryDirectory(prefix="skyguard-bench-") as tmp:
+                by_crowd[crowd].append(
+                    summary(load_trial(Path(tmp), base_env(tag), free_port(), crowd))
+                )
+        print(f"(d) repeat {index + 1}/{repeats} done", file=sys.stderr)
+    rows = []
+    for crowd, trials in by_crowd.items():
+        label = f"{FOLLOWERS} long polls" + (f" + {crowd} slow senders" if crowd else "")
+        rows += [
+            row(f"(d) {label}: decision -> median worker", [t["median"] for t in trials], "s"),
+            row(f"(d) {label}: decision -> every worker", [t["slowest"] for t in trials], "s"),
+            row(f"(d) {label}: head runner threads, idle", [t["idle_threads"] for t in trials], ""),
+            row(f"(d) {label}: head runner threads, most", [t["threads"] for t in trials], ""),
+            row(f"(d) {label}: head runner RSS, idle", [t["idle_rss"] for t in trials], "MB"),
+            row(f"(d) {label}: head runner RSS, most", [t["rss"] for t in trials], "MB"),
+            row(f"(d) {label}: head runner open descriptors, most", [t["fds"] for t in trials], ""),
+        ]
+        if crowd:
+            rows.append(
+                row(f"(d) {label}: slow senders dropped", [t["dropped"] for t in trials], "")
+            )
+    ratio = [
+        crowded["slowest"] / calm["slowest"]
+        for calm, crowded in zip(by_crowd[0], by_crowd[SLOW_SENDERS], strict=True)
+    ]
+    rows.append(row("(d) decision -> every worker: with the crowd / without", ratio, "x"))
+    return rows
+
+
+def merged_with_earlier(result: dict[str, Any], parts: set[str]) -> dict[str, Any]:
+    """This run's parts replace theirs in the results file; the other parts' figures stay.
+
+    ``runs`` says when each part was measured, on what, under which load.
+    """
+    try:
+        earlier = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    keys = ("date", "machine", "load_average_1m", "repeats")
+    # A file from before ``runs`` existed was one run of every part it holds.
+    runs = earlier.get("runs") or {part: {k: earlier.get(k) for k in keys} for part in "abc"}
+    runs.update({part: {k: result[k] for k in keys} for part in parts})
+
+    def elsewhere(text: str) -> bool:
+        return text[1:2] not in parts
+
+    rows = [row for row in earlier.get("rows", []) if elsewhere(row["name"])]
+    notes = [note for note in earlier.get("notes", []) if elsewhere(note)]
+    return {
+        **result,
+        "rows": rows + result["rows"],
+        "notes": notes + result["notes"],
+        "runs": dict(sorted(runs.items())),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="for (a); (b) and (c) run half")
     parser.add_argument(
-        "--only", choices=("a", "b", "c"), action="append", help="run only these parts"
+        "--only", choices=("a", "b", "c", "d"), action="append", help="run only these parts"
     )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    parts = set(args.only or ("a", "b", "c"))
+    parts = set(args.only or ("a", "b", "c", "d"))
     fewer = max(1, args.repeats // 2)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -643,6 +709,8 @@ def main() -> int:
             "(c) GPU monitor: "
             + ("on (NVML found GPUs)" if gpu_on else "asked for, off (NVML finds no GPU here)")
         )
+    if "d" in parts:
+        rows += load_rows(fewer)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": (
@@ -653,7 +721,7 @@ def main() -> int:
         "notes": notes,
         "rows": rows,
     }
-    write_json_atomic(RESULTS, result)
+    write_json_atomic(RESULTS, merged_with_earlier(result, parts))
     print(
         f"Distributed jobs ({result['date']}, {result['machine']}, "
         f"load {result['load_average_1m']:.1f})\n"

@@ -4,12 +4,13 @@ Runs ``skyguard run -- <command that exits 0 at once>`` with
 
 (a) no notifications configured (the baseline; (a') is the same for a command
     that runs 3 s, the baseline of (c')),
-(b) Discord + GitHub pointed at healthy loopback servers,
-(c) Discord + GitHub + W&B offline, into a real offline run that a separate
-    "training" process created with ``wandb.init(mode="offline", id=...)``,
-(c') as (c), but the command runs 3 s first, so the background ``wandb`` import
-    started at the job's start is done: what a real, long job pays,
-(d) Discord + GitHub pointed at a server that accepts and never answers, with
+(b) Discord + Slack + GitHub pointed at healthy loopback servers,
+(c) Discord + Slack + GitHub + W&B offline, into a real offline run that a separate
+    "training" process created with ``wandb.init(mode="offline", id=...)``; skyguard
+    adds its records to that run's log (no ``import wandb``),
+(c') as (c), but the command runs 3 s first: what a real, long job pays,
+(e) W&B offline alone (the other channels unconfigured): W&B's own share,
+(d) Discord + Slack + GitHub pointed at a server that accepts and never answers, with
     ``SKYGUARD_NOTIFY_DEADLINE=3s``: the cost must be the deadline, not
     tries x (connect + read timeout).
 
@@ -61,6 +62,7 @@ GITHUB_REPO = "octo/trainer"
 GITHUB_TOKEN = "ghp_" + "b" * 36
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 WEBHOOK_PATH = "/api/webhooks/112233445566778899/benchmark-webhook-token"
+SLACK_PATH = "/services/T0000BENCH/B0000BENCH/benchmarkslacktoken0001"
 RUN_ID = "skyguardbench01"
 DEAD_DEADLINE = 3.0
 #: A trial that takes longer than this is stuck: it is killed and the benchmark fails.
@@ -75,14 +77,14 @@ run = wandb.init(mode="offline", id=sys.argv[1], project="skyguard-bench", dir=s
 run.log({"loss": 1.5})
 run.finish()
 """
-DELIVERY = re.compile(r"notification (\S+): (discord|github|wandb): (sent|skipped|failed)")
+DELIVERY = re.compile(r"notification (\S+): (discord|slack|github|wandb): (sent|skipped|failed)")
 
 
 # --- loopback endpoints --------------------------------------------------------------------
 
 
 class HealthyEndpoint:
-    """Answers like Discord's webhook API (204) and GitHub's statuses API (201 + JSON)."""
+    """Answers like Discord's and Slack's webhooks and GitHub's statuses API."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
@@ -95,7 +97,10 @@ class HealthyEndpoint:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 endpoint.requests.append(self.path)
                 if self.path.startswith("/api/webhooks/"):
-                    status, body = 204, b""
+                    # Discord with ?wait=true: the stored message.
+                    status, body = 200, b'{"id": "1", "type": 0}'
+                elif self.path.startswith("/services/"):
+                    status, body = 200, b"ok"  # Slack's incoming webhooks
                 elif self.headers.get("Authorization") != f"Bearer {GITHUB_TOKEN}":
                     status, body = 401, b'{"message": "Bad credentials"}'
                 elif self.path == f"/repos/{GITHUB_REPO}/statuses/{COMMIT}":
@@ -104,7 +109,8 @@ class HealthyEndpoint:
                     status, body = 404, b'{"message": "Not Found"}'
                 self.send_response(status)
                 if body:
-                    self.send_header("Content-Type", "application/json")
+                    kind = "text/html" if body == b"ok" else "application/json"
+                    self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -293,6 +299,7 @@ class Scenario:
 def http_env(discord_url: str, github_url: str, **extra: str) -> dict[str, str]:
     return {
         "SKYGUARD_DISCORD_WEBHOOK_URL": discord_url + WEBHOOK_PATH,
+        "SKYGUARD_SLACK_WEBHOOK_URL": discord_url + SLACK_PATH,
         "SKYGUARD_GITHUB_TOKEN": GITHUB_TOKEN,
         "SKYGUARD_GITHUB_REPO": GITHUB_REPO,
         "SKYGUARD_GITHUB_API_URL": github_url,
@@ -306,12 +313,11 @@ def scenarios(
 ) -> list[Scenario]:
     healthy = http_env(discord.url, github.url)
 
-    def with_wandb(tmp: Path) -> dict[str, str]:
+    def wandb_only(tmp: Path) -> dict[str, str]:
         assert trained is not None
-        # A fresh copy per trial: each resume adds a directory next to the training run's.
+        # A fresh copy per trial: each trial adds its records to the training run's log.
         shutil.copytree(trained / "wandb", tmp / "wandb")
         return {
-            **healthy,
             "WANDB_MODE": "offline",
             "WANDB_DIR": str(tmp),
             "WANDB_RUN_ID": RUN_ID,
@@ -319,9 +325,12 @@ def scenarios(
             "WANDB_SILENT": "true",
         }
 
-    # Unconfigured channels are still asked, and say why they skip.
-    none = {"discord": "skipped", "github": "skipped", "wandb": "skipped"}
-    both = {"discord": "sent", "github": "sent", "wandb": "skipped"}
+    def with_wandb(tmp: Path) -> dict[str, str]:
+        return {**healthy, **wandb_only(tmp)}
+
+    # A skipped (unconfigured) channel is logged only at debug level: it shows no line.
+    none: dict[str, str] = {}
+    both = {"discord": "sent", "slack": "sent", "github": "sent"}
     all_three = {**both, "wandb": "sent"}
     listed = [
         Scenario("a", "(a) no notifications configured", EXIT_AT_ONCE, lambda _: {}, none, "a"),
@@ -330,7 +339,7 @@ def scenarios(
         ),
         Scenario(
             "b",
-            "(b) Discord + GitHub, healthy loopback",
+            "(b) Discord + Slack + GitHub, healthy loopback",
             EXIT_AT_ONCE,
             lambda _: dict(healthy),
             both,
@@ -341,8 +350,17 @@ def scenarios(
     if trained is not None:
         listed += [
             Scenario(
+                "e",
+                "(e) W&B offline alone, command exits at once",
+                EXIT_AT_ONCE,
+                wandb_only,
+                {"wandb": "sent"},
+                "a",
+                "< 0.3 s",
+            ),
+            Scenario(
                 "c",
-                "(c) Discord + GitHub + W&B offline, command exits at once",
+                "(c) Discord + Slack + GitHub + W&B offline, command exits at once",
                 EXIT_AT_ONCE,
                 with_wandb,
                 all_three,
@@ -351,7 +369,7 @@ def scenarios(
             ),
             Scenario(
                 "c3",
-                "(c') Discord + GitHub + W&B offline, command runs 3 s",
+                "(c') Discord + Slack + GitHub + W&B offline, command runs 3 s",
                 EXIT_AFTER_3S,
                 with_wandb,
                 all_three,
@@ -362,15 +380,45 @@ def scenarios(
     listed.append(
         Scenario(
             "d",
-            f"(d) Discord + GitHub dead (never answer), deadline {DEAD_DEADLINE:g} s",
+            f"(d) Discord + Slack + GitHub dead (never answer), deadline {DEAD_DEADLINE:g} s",
             EXIT_AT_ONCE,
             lambda _: http_env(dead.url, dead.url, SKYGUARD_NOTIFY_DEADLINE=f"{DEAD_DEADLINE:g}s"),
-            {"discord": "failed", "github": "failed", "wandb": "skipped"},
+            {"discord": "failed", "slack": "failed", "github": "failed"},
             "a",
             f"= {DEAD_DEADLINE:g} s (not 3 tries x 13 s)",
         )
     )
     return listed
+
+
+def offline_send_costs(trained: Path, root: Path, repeats: int) -> list[float]:
+    """CPU seconds of one offline W&B send, measured in this process: the exit gaps
+    above are wall time on a shared machine, CPU time barely moves with its load."""
+    from devops.skypilot.common.lifecycle import Phase
+    from devops.skypilot.common.termination import TerminationReason
+    from notifications.channels.wandb import WandbNotifier, WandbSettings
+    from notifications.notifier import Event, Level
+
+    event = Event(
+        job_name="bench",
+        task_id="bench-task",
+        phase=Phase.FAILED,
+        reason=TerminationReason.JOB_FAILED,
+        exit_code=1,
+        detail="command exited 1",
+        level=Level.ERROR,
+    )
+    costs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            shutil.copytree(trained / "wandb", Path(tmp) / "wandb")
+            settings = WandbSettings(run_id=RUN_ID, mode="offline", directory=Path(tmp))
+            started = time.process_time()
+            delivery = WandbNotifier(settings).send(event)
+            costs.append(time.process_time() - started)
+        if not delivery.ok:
+            raise RuntimeError(f"offline W&B send: {delivery.line()}")
+    return costs
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -385,7 +433,7 @@ def summary(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-wandb", action="store_true", help="leave out (c) and (c')")
+    parser.add_argument("--no-wandb", action="store_true", help="leave out (c), (c') and (e)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -393,10 +441,11 @@ def main() -> int:
         import wandb  # noqa: F401 - only whether it is there
     except ImportError:
         args.no_wandb = True
-        print("wandb is not installed: (c) and (c') are left out", file=sys.stderr)
+        print("wandb is not installed: (c), (c') and (e) are left out", file=sys.stderr)
 
     discord, github, dead = HealthyEndpoint(), HealthyEndpoint(), DeadEndpoint()
     gaps: dict[str, list[float]] = {}
+    send_costs: list[float] = []
     lingering: dict[str, int] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="skyguard-bench-") as root:
@@ -418,6 +467,7 @@ def main() -> int:
                     gaps.setdefault(scenario.key, []).append(trial.exit_gap)
                     lingering[scenario.key] = lingering.get(scenario.key, 0) + len(trial.lingering)
                 print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+            send_costs = offline_send_costs(trained, Path(root), args.repeats) if trained else []
     finally:
         for endpoint in (discord, github, dead):
             endpoint.stop()
@@ -435,6 +485,9 @@ def main() -> int:
             }
         row.update(target=scenario.target, raw=raw, lingering_processes=lingering[scenario.key])
         rows.append(row)
+    if send_costs:
+        name = "(e') the W&B offline send itself, CPU time in this process"
+        rows.append({"name": name, **summary(send_costs), "target": "< 0.3 s", "raw": send_costs})
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": (

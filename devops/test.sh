@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,launch,wandb,torch,gpu]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,launch,wandb,torch,gpu,forensics,fastlogs]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

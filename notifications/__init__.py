@@ -1,4 +1,4 @@
-"""Tell people how a job is doing: Discord, GitHub commit status and W&B.
+"""Tell people how a job is doing: Discord, Slack, GitHub commit status and W&B.
 
 Node code: imports only requests and tenacity at module level (``wandb`` lazily).
 The runner sees this package only through :class:`NotificationObserver`, which

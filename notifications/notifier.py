@@ -15,14 +15,11 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from devops.skypilot.common.lifecycle import Phase
 from devops.skypilot.common.termination import TerminationReason
 from notifications.secrets import Redactor
-
-if TYPE_CHECKING:  # requests costs the runner's start-up ~0.1 s: loaded on first send
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +118,8 @@ class Delivery:
     transient: bool = False
     #: Seconds the server asked us to wait before the next try (429).
     retry_after: float | None = None
+    #: The endpoint no longer exists (a deleted webhook): not used again for the task.
+    gone: bool = False
 
     @classmethod
     def sent(cls, channel: str, detail: str = "") -> Delivery:
@@ -138,6 +137,7 @@ class Delivery:
         *,
         transient: bool = False,
         retry_after: float | None = None,
+        gone: bool = False,
     ) -> Delivery:
         return cls(
             channel,
@@ -146,6 +146,7 @@ class Delivery:
             attempts=1,
             transient=transient,
             retry_after=retry_after,
+            gone=gone,
         )
 
     @property

@@ -6,22 +6,19 @@ the deadline however many tries and timeouts are configured. Only transient
 failures (connection errors, 5xx, 429) are retried, with exponential backoff
 and jitter, or exactly the ``retry_after`` a rate limit asks for. What was sent
 is remembered per (task id, phase, reason, channel) in
-``<state-dir>/notifications.json``, so a restarted runner never sends it again.
+``<state-dir>/notifications.json``, so a restarted runner never sends it again;
+a channel whose endpoint is gone (a deleted webhook) is not used again for the task.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 from tenacity.stop import stop_base
@@ -30,6 +27,7 @@ from devops.skypilot.common.lifecycle import Phase
 from devops.skypilot.common.termination import TerminationReason as R
 from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Notifier
 from notifications.secrets import Redactor, protect_secrets
+from notifications.sentlog import DedupKey, SentLog
 
 logger = logging.getLogger(__name__)
 #: A channel nobody configured is not news: skipped sends only show with debug logging.
@@ -40,7 +38,6 @@ _LOG_LEVELS = {
 }
 
 DEFAULT_DEADLINE = 20.0
-STATE_FILE = "notifications.json"
 
 #: How loud each way a job can be is. The keys are every (phase, reason) pair
 #: :func:`devops.skypilot.common.lifecycle.phase_for` produces; a test keeps it complete.
@@ -54,6 +51,8 @@ ROUTES: Mapping[tuple[Phase, R | None], Level] = {
     (Phase.RETRYING, R.NCCL_ERROR): Level.WARNING,
     (Phase.RETRYING, R.CUDA_ERROR): Level.WARNING,
     (Phase.RETRYING, R.PEER_FAILED): Level.WARNING,
+    # Only ever in a history (an attempt whose record was lost), never an end to tell.
+    (Phase.RETRYING, R.RECORD_LOST): Level.WARNING,
     (Phase.FAILED, R.JOB_FAILED): Level.ERROR,
     (Phase.FAILED, R.MAX_RUNTIME_REACHED): Level.ERROR,
     (Phase.FAILED, R.CRASH_LOOP): Level.ERROR,
@@ -72,9 +71,9 @@ PHASE_LEVELS: Mapping[Phase, Level] = {
 #: A start only sets the commit status pending: restarts must not spam the chat.
 LEVEL_CHANNELS: Mapping[Level, frozenset[str]] = {
     Level.STATUS: frozenset({"github"}),
-    Level.INFO: frozenset({"github", "discord", "wandb"}),
-    Level.WARNING: frozenset({"github", "discord", "wandb"}),
-    Level.ERROR: frozenset({"github", "discord", "wandb"}),
+    Level.INFO: frozenset({"github", "discord", "slack", "wandb"}),
+    Level.WARNING: frozenset({"github", "discord", "slack", "wandb"}),
+    Level.ERROR: frozenset({"github", "discord", "slack", "wandb"}),
 }
 
 
@@ -130,66 +129,6 @@ def _is_transient(delivery: Delivery) -> bool:
     return delivery.transient
 
 
-@dataclass(frozen=True)
-class DedupKey:
-    task_id: str
-    phase: Phase
-    reason: R | None
-
-    def as_json(self) -> dict[str, str]:
-        return {
-            "task_id": self.task_id,
-            "phase": self.phase.value,
-            "reason": self.reason.value if self.reason else "",
-        }
-
-
-class SentLog:
-    """Which channels already carried which event: ``<state-dir>/notifications.json``.
-
-    The state dir lives on storage that survives a managed-job recovery, so a
-    restarted runner (same task id) does not announce the same thing twice.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / STATE_FILE
-
-    def _load(self) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            entries = data["sent"]
-            if not isinstance(entries, list):
-                raise TypeError("'sent' is not a list")
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("ignoring unreadable %s: %s", self.path, exc)
-            return []
-        return [entry for entry in entries if isinstance(entry, dict)]
-
-    def sent(self, key: DedupKey) -> frozenset[str]:
-        wanted = key.as_json()
-        return frozenset(
-            str(entry.get("channel"))
-            for entry in self._load()
-            if all(entry.get(k) == v for k, v in wanted.items())
-        )
-
-    def record(self, key: DedupKey, channels: Iterable[str]) -> None:
-        entries = self._load()
-        entries.extend({**key.as_json(), "channel": channel} for channel in sorted(channels))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{STATE_FILE}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"version": 1, "sent": entries}, handle, indent=1)
-                handle.write("\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
 class Orchestrator:
     """Routes an event, sends it on every channel at once, within one deadline."""
 
@@ -209,6 +148,8 @@ class Orchestrator:
         self.routes = routes
         self.level_channels = level_channels
         self._sleep = sleep
+        #: task id -> channel -> why its endpoint is gone (also kept in the state dir).
+        self._gone: dict[str, dict[str, str]] = {}
         self.redactor = Redactor(s for n in self.notifiers for s in n.secrets())
         protect_secrets(self.redactor)
 
@@ -245,23 +186,38 @@ class Orchestrator:
         key = DedupKey(event.task_id, event.phase, event.reason)
         log = SentLog(state_dir) if state_dir is not None else None
         already = log.sent(key) if log is not None else frozenset()
+        gone = {**(log.gone(event.task_id) if log is not None else {})}
+        gone.update(self._gone.get(event.task_id, {}))
         skipped = [
             Delivery.skipped(n.name, "already sent for this task")
-            for n in targets
             if n.name in already
+            else Delivery.skipped(n.name, f"not used again in this task: {gone[n.name]}")
+            for n in targets
+            if n.name in already or n.name in gone
         ]
         deliveries = self.deliver(
             replace(event, level=level),
-            [n for n in targets if n.name not in already],
+            [n for n in targets if n.name not in already and n.name not in gone],
             deadline_at=deadline_at,
         )
-        sent = [d.channel for d in deliveries if d.ok]
-        if log is not None and sent:
-            try:
-                log.record(key, sent)
-            except OSError as exc:
-                logger.warning("could not remember sent notifications in %s: %s", log.path, exc)
+        self._remember(event.task_id, key, deliveries, log)
         return skipped + deliveries
+
+    def _remember(
+        self, task_id: str, key: DedupKey, deliveries: Sequence[Delivery], log: SentLog | None
+    ) -> None:
+        sent = [d.channel for d in deliveries if d.ok]
+        gone = {d.channel: d.detail for d in deliveries if d.gone}
+        self._gone.setdefault(task_id, {}).update(gone)
+        if log is None:
+            return
+        try:
+            if sent:
+                log.record(key, sent)
+            if gone:
+                log.record_gone(task_id, gone)
+        except OSError as exc:
+            logger.warning("could not remember sent notifications in %s: %s", log.path, exc)
 
     def deliver(
         self,
@@ -332,7 +288,12 @@ class Orchestrator:
         if delivery is None:
             delivery = Delivery.failed(notifier.name, "no result")
         if delivery.transient and tries < self.retry.tries:
-            delivery = replace(delivery, detail=f"{delivery.detail}; no time left for another try")
+            wait = delivery.retry_after
+            if wait is not None and time.monotonic() + wait >= deadline:
+                why = f"the server asked to wait {wait:.3g}s, past the deadline"
+            else:
+                why = "no time left for another try"
+            delivery = replace(delivery, detail=f"{delivery.detail}; {why}")
         return replace(delivery, attempts=tries if delivery.attempts else 0)
 
     def _log(self, event: Event, delivery: Delivery) -> None:

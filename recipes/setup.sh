@@ -9,8 +9,26 @@
 #
 # Idempotent and fast on re-run: a recovery (or `sky exec`) with the same source
 # skips the install. Knob: SKYGUARD_EXTRAS="wandb,gpu" installs those extras.
-# Any failing step prints one "skyguard setup: ERROR: ..." line and exits 1.
+# Any failing step prints one "skyguard setup: ERROR: ..." line and exits 1, except an
+# install that failed for a transient reason (package index unreachable, a timeout, a
+# 5xx): that exits 75, the code recipes/job.yaml lists in recover_on_exit_codes, so
+# SkyPilot retries the job instead of failing it. SkyPilot 0.14.1 records setup's exit
+# code (and so applies recover_on_exit_codes to it) on its Ray path (clouds, Kubernetes);
+# its Slurm path does not record it, so there the job fails either way.
 set -euo pipefail
+
+EXIT_RETRY=75
+# What pip and uv print when the failure is the request's own: final, whatever else failed.
+FINAL_PATTERNS=('ResolutionImpossible' 'Invalid requirement' 'No solution found' 'conflicting dependencies')
+# What pip and uv print when the failure is the network's (pip prints its retries only
+# while it has retries left: its default is 5).
+TRANSIENT_PATTERNS=(
+  'NewConnectionError' 'ConnectTimeoutError' 'ReadTimeoutError' 'Read timed out'
+  'Connection refused' 'Connection reset' 'ConnectionResetError' 'RemoteDisconnected'
+  'Temporary failure in name resolution' 'Name or service not known' 'Max retries exceeded'
+  'ProxyError' 'IncompleteRead' 'HTTP error 5[0-9][0-9]' 'too many 5[0-9][0-9] error responses'
+  'Failed to fetch' 'error sending request' 'dns error' 'operation timed out'
+)
 
 fail() {
   echo "skyguard setup: ERROR: $*" >&2
@@ -83,6 +101,12 @@ else
 fi
 if [ "${status:-0}" != 0 ]; then
   tail -n 20 "$log" >&2
+  for pattern in "${TRANSIENT_PATTERNS[@]}"; do
+    if grep -Eiq -- "$pattern" "$log" && ! grep -Eiq -- "$(IFS='|'; echo "${FINAL_PATTERNS[*]}")" "$log"; then
+      echo "skyguard setup: ERROR: installing $target failed for a transient reason ($pattern): exit $EXIT_RETRY, so SkyPilot may retry" >&2
+      exit "$EXIT_RETRY"
+    fi
+  done
   fail "installing $target failed (exit ${status}); the lines above say why"
 fi
 installed || fail "installed, but 'skyguard' is missing from $env_dir/bin or does not import"

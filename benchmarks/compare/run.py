@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from types import FrameType
 from typing import Any
 
 import psutil
+
+from devops.skypilot.node.ports import free_listen_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -286,13 +287,6 @@ def kill_tagged(tag: str) -> list[str]:
     return described
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Sampler:
     """Peak RSS and last CPU time of every supervisor process (not ranks, not helpers)."""
 
@@ -344,7 +338,7 @@ def run_once(
                 TAG_VAR: tag,
                 "BENCH_MARKS": str(marks.path),
                 "PYTHONPATH": str(REPO),
-                "MASTER_PORT": str(free_port()),
+                "MASTER_PORT": str(free_listen_port()),
                 "OMP_NUM_THREADS": "1",
             }
         )

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from devops.skypilot.common.console import release_closed_streams
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 
@@ -61,5 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    status: int = importlib.import_module(args._module).main(args)
+    try:
+        status: int = importlib.import_module(args._module).main(args)
+    finally:
+        release_closed_streams()
     return status

@@ -2,8 +2,10 @@
 
 Cheap by design: standard library only, at most one write per ``min_interval``
 (default: a tenth of the runner's timeout, at most 1 s), each write an atomic
-replace of a tiny file. Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``)
-every call is a no-op, so the same script runs anywhere.
+replace of a tiny file; a write that fails (full disk) leaves no temp file behind
+and falls back to touching the file (creating it empty), which needs no free space.
+Outside ``skyguard run`` (no ``SKYGUARD_HEARTBEAT_FILE``) every call is a no-op, so
+the same script runs anywhere.
 
 There is deliberately no background thread: a thread would keep beating while
 the training loop is stuck in a collective, which is exactly the hang to catch.
@@ -11,6 +13,8 @@ the training loop is stuck in a collective, which is exactly the hang to catch.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import tempfile
 import time
@@ -18,8 +22,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from devops.skypilot import stackdump
+
 ENV_FILE = "SKYGUARD_HEARTBEAT_FILE"
 ENV_TIMEOUT = "SKYGUARD_HEARTBEAT_TIMEOUT"
+#: Set by torchrun (and most launchers) in every rank.
+ENV_RANK = "RANK"
+
+
+def rank_file(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` beats: the runner watches every rank on its own."""
+    return path.with_name(f"{path.name}.rank-{rank}")
+
+
+def _default_path() -> Path | None:
+    raw = os.environ.get(ENV_FILE)
+    if not raw:
+        return None
+    rank = os.environ.get(ENV_RANK, "")
+    # One file per rank, so a rank that stops while the others beat is seen, and named.
+    return rank_file(Path(raw), int(rank)) if rank.isdigit() else Path(raw)
 
 
 def _default_interval() -> float:
@@ -27,7 +49,7 @@ def _default_interval() -> float:
         timeout = float(os.environ.get(ENV_TIMEOUT, "0"))
     except ValueError:
         timeout = 0.0
-    return min(1.0, timeout / 10) if timeout > 0 else 1.0
+    return min(1.0, timeout / 10) if math.isfinite(timeout) and timeout > 0 else 1.0
 
 
 class Heartbeat:
@@ -36,8 +58,7 @@ class Heartbeat:
     def __init__(
         self, path: str | os.PathLike[str] | None = None, min_interval: float | None = None
     ):
-        raw = path if path is not None else os.environ.get(ENV_FILE)
-        self.path = Path(raw) if raw else None
+        self.path = Path(path) if path is not None else _default_path()
         self.min_interval = _default_interval() if min_interval is None else min_interval
         self.count = 0
         self._last = float("-inf")
@@ -55,15 +76,43 @@ class Heartbeat:
             return False
         self._last = now
         self.count += 1
+        # Once per process: lets the runner ask for this process's stacks on a hang.
+        stackdump.register()
         try:
             fd, temp = tempfile.mkstemp(prefix=".beat.", dir=self.path.parent)
+        except OSError:
+            return self._touch()
+        try:
             try:
                 os.write(fd, f"{time.time():.3f} {os.getpid()} {self.count}\n".encode())
             finally:
                 os.close(fd)
             os.replace(temp, self.path)
+        except BaseException as error:
+            # A full disk or a directory where the file should be: at one beat a
+            # second, every temp file left behind would be ~86,000 a day.
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            if isinstance(error, OSError):
+                return self._touch()
+            raise
+        return True
+
+    def _touch(self) -> bool:
+        """A new mtime (or a new empty file) is a beat too, and needs no free space: a
+        disk filled by the training log must not make a live job look hung."""
+        assert self.path is not None
+        try:
+            # EISDIR: a directory is no heartbeat file.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError:
             return False
+        try:
+            os.utime(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:

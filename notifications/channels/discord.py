@@ -5,20 +5,39 @@ Limits (Discord's API): content 2000 characters; embed title 256, description
 6000. Over-long text is cut with a visible marker; a message is never split,
 so a chatty failure cannot flood the channel. ``allowed_mentions`` is empty, so
 text from a log can never ping ``@everyone`` or a role.
+
+The webhook is called with ``?wait=true``: Discord then answers with the stored
+message, and only that counts as sent (a bare 204 only says the request was
+queued). ``thread_id`` posts into a thread (a forum channel's post). Rate limits:
+the JSON ``retry_after`` or ``X-RateLimit-Reset-After`` of a 429 is waited, and a
+bucket that an answer reports empty (``X-RateLimit-Remaining: 0``) is waited out
+before the next message. A 404 means the webhook was deleted: the orchestrator
+stops using it for the task.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devops.skypilot.common.lifecycle import Phase
-from notifications.http import HttpTimeouts, post_json
+from notifications.http import (
+    HttpTimeouts,
+    delivery_from_response,
+    json_body,
+    post_json,
+    seconds_from,
+)
 from notifications.notifier import Delivery, Event, Notifier, clean_text, format_duration
 from notifications.secrets import Secret
+
+if TYPE_CHECKING:
+    import requests
 
 CONTENT_LIMIT = 2000
 TITLE_LIMIT = 256
@@ -65,6 +84,8 @@ class DiscordSettings:
     webhook_url: Secret | None = None
     username: str = "skyguard"
     timeouts: HttpTimeouts = field(default_factory=HttpTimeouts)
+    #: Post into this thread; a forum channel's webhook needs one (its posts are threads).
+    thread_id: str | None = None
 
 
 def _code(text: str) -> str:
@@ -134,6 +155,9 @@ class DiscordNotifier(Notifier):
 
     def __init__(self, settings: DiscordSettings) -> None:
         self.settings = settings
+        #: Monotonic time before which the webhook's rate-limit bucket is empty.
+        self._bucket_refills = 0.0
+        self._lock = threading.Lock()
 
     def missing(self) -> str | None:
         if self.settings.webhook_url is None:
@@ -148,6 +172,20 @@ class DiscordNotifier(Notifier):
         url = self.settings.webhook_url
         if url is None:
             return Delivery.skipped(self.name, "no webhook URL")
+        with self._lock:
+            wait = self._bucket_refills - time.monotonic()
+        if wait > 0:
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                return Delivery.failed(
+                    self.name,
+                    f"rate limit: the webhook's bucket refills in {wait:.3g}s",
+                    transient=True,
+                    retry_after=wait,
+                )
+            time.sleep(wait)
+        params = {"wait": "true"}
+        if self.settings.thread_id:
+            params["thread_id"] = self.settings.thread_id
         return post_json(
             self.name,
             url.reveal(),
@@ -155,4 +193,27 @@ class DiscordNotifier(Notifier):
             headers={"User-Agent": "skyguard"},
             timeouts=self.settings.timeouts,
             deadline=deadline,
+            params=params,
+            answer=self._answer,
         )
+
+    def _answer(self, channel: str, response: requests.Response) -> Delivery:
+        headers = response.headers
+        refill = seconds_from(headers.get("X-RateLimit-Reset-After"))
+        if headers.get("X-RateLimit-Remaining") == "0" and refill is not None:
+            with self._lock:
+                self._bucket_refills = time.monotonic() + refill
+        status = response.status_code
+        if 200 <= status < 300:
+            body = json_body(response) if status == 200 else None
+            message_id = body.get("id") if body else None
+            if message_id:
+                return Delivery.sent(channel, f"message {message_id}")
+            return Delivery.failed(
+                channel, f"HTTP {status} without the stored message: not known to be sent"
+            )
+        delivery = delivery_from_response(channel, response)
+        if status == 404:
+            # Unknown Webhook (10015): deleted, or its channel was.
+            return replace(delivery, detail=f"{delivery.detail} (webhook deleted)", gone=True)
+        return delivery

@@ -1,12 +1,17 @@
 """Weights & Biases (optional extra): the end of the job, written into the job's own run.
 
 The run is the one the training code logs to, named by ``WANDB_RUN_ID`` (which
-``wandb.init`` in the training code also picks up). We resume it, write the
-reason and exit code into its summary, raise a ``wandb.alert`` for failures and
-retries, and finish it with the job's exit code. We never create a run:
-online, ``resume="must"`` refuses an unknown id; offline, W&B ignores
-``resume``, so we first check that the run's offline directory exists.
-``wandb`` is imported only when a message is sent.
+``wandb.init`` in the training code also picks up). We write the reason and exit
+code into its summary and raise a ``wandb.alert`` for failures and retries. We never
+create a run.
+
+Online, we resume it (``resume="must"`` refuses an unknown id) and finish it with the
+job's exit code; ``wandb`` is imported in the background when the job starts, since
+the import alone takes most of a second. Offline, W&B would write every resume into
+another ``offline-run-*-<id>`` directory, which ``wandb sync`` uploads as another
+instance of the run that may replace its config and summary; so skyguard adds its
+records to the training run's own offline log instead (:mod:`wandb_log`), without
+importing wandb at all.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from notifications.channels import wandb_log
 from notifications.notifier import Delivery, Event, Level, Notifier, clean_text
 from notifications.secrets import Secret
 
@@ -55,8 +61,8 @@ QUIET_SETTINGS: Mapping[str, Any] = {
     "x_disable_meta": True,
     "x_disable_machine_info": True,
     "x_save_requirements": False,
-    # Offline dirs are named by the second a run starts: a job that dies within
-    # a second of its own wandb.init would otherwise share the training run's.
+    # The local run dir is named by the second a run starts: one of a job that
+    # died within a second of its own wandb.init would otherwise be shared.
     "x_sync_dir_suffix": "skyguard",
 }
 PUBLIC_API_HOST = "api.wandb.ai"
@@ -94,17 +100,29 @@ class WandbSettings:
 
     def run_url(self) -> str | None:
         """The run's web page, when entity, project and id are known."""
-        if not (self.run_id and self.project and self.entity) or self.offline:
+        run_id, project, entity = self.run_id, self.project, self.entity
+        if not (run_id and project and entity) or self.offline:
             return None
         base = (self.base_url or PUBLIC_APP_URL).rstrip("/")
-        if urlsplit(base).hostname == PUBLIC_API_HOST:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return None
+        if parts.hostname == PUBLIC_API_HOST:
             base = PUBLIC_APP_URL
-        return f"{base}/{self.entity}/{self.project}/runs/{self.run_id}"
+        path = "/".join(quote(part, safe="") for part in (entity, project, "runs", run_id))
+        return f"{base}/{path}"
 
     def offline_runs(self) -> list[Path]:
+        """The run's offline directories, oldest first (named by their start time)."""
         if not self.run_id:
             return []
         return sorted(self.runs_root.glob(f"offline-run-*-{self.run_id}"))
+
+    def offline_log(self) -> Path | None:
+        """The transaction log of the run's newest offline directory, if there is one."""
+        runs = self.offline_runs()
+        log = runs[-1] / f"run-{self.run_id}.wandb" if runs else None
+        return log if log is not None and log.is_file() else None
 
 
 def _import_wandb() -> None:
@@ -131,7 +149,8 @@ class WandbNotifier(Notifier):
         self.settings = settings
 
     def missing(self) -> str | None:
-        if importlib.util.find_spec("wandb") is None:
+        # Offline, the run's log is written without wandb.
+        if not self.settings.offline and importlib.util.find_spec("wandb") is None:
             return "wandb not installed (pip install 'skyguard[wandb]')"
         if self.settings.resolved_mode == "disabled":
             return f"WANDB_MODE={self.settings.mode}"
@@ -146,23 +165,59 @@ class WandbNotifier(Notifier):
     def warm_up(self) -> None:
         """Import wandb in the background while the job runs: the import alone takes
         most of a second, which would otherwise be added to the job's exit."""
-        if self.enabled:
+        # Offline sends do not import wandb: the import would only compete for the CPU.
+        if self.enabled and not self.settings.offline:
             threading.Thread(target=_import_wandb, name="wandb-warm-up", daemon=True).start()
 
+    def _alert_level(self, event: Event) -> str | None:
+        if not self.settings.alerts:
+            return None
+        return "INFO" if event.test else ALERT_LEVELS[event.level]
+
     def _send(self, event: Event, deadline: float | None) -> Delivery:
+        if self.settings.offline:
+            return self._send_offline(event)
+        return self._send_online(event, deadline)
+
+    def _send_offline(self, event: Event) -> Delivery:
+        settings = self.settings
+        log = settings.offline_log()
+        if log is None or settings.run_id is None:
+            return Delivery.skipped(
+                self.name,
+                f"no offline run {settings.run_id} under {settings.runs_root}: not creating one",
+            )
+        if log.with_name(f"{log.name}.synced").exists():
+            return Delivery.skipped(self.name, f"{log.parent.name} is already synced: left alone")
+        if event.test:
+            # A test changes nothing lasting, and this log is the training run itself.
+            return Delivery.skipped(
+                self.name, f"test: offline run {log.parent.name} found, left alone"
+            )
+        level = self._alert_level(event)
+        records = [(wandb_log.RECORD_SUMMARY, wandb_log.summary_message(summary_for(event)))]
+        done = ["summary"]
+        if level is not None:
+            text = clean_text(event.detail)[:TEXT_LIMIT] or event.headline
+            alert = wandb_log.alert_message(event.headline[:TITLE_LIMIT], text, level)
+            records.append((wandb_log.RECORD_ALERT, alert))
+            done.append(f"{level.lower()} alert")
+        exit_code = 0 if event.exit_code is None else event.exit_code
+        try:
+            wandb_log.insert_before_exit(log, records, settings.run_id, exit_code)
+        except (wandb_log.WandbLogError, OSError) as exc:
+            return Delivery.failed(self.name, f"cannot add to {log.parent.name}: {exc}")
+        return Delivery.sent(
+            self.name, f"run {settings.run_id}: {' + '.join(done)} (in {log.parent.name})"
+        )
+
+    def _send_online(self, event: Event, deadline: float | None) -> Delivery:
         settings = self.settings
         try:
             import wandb
         except ImportError:
             return Delivery.skipped(self.name, "wandb not installed")
-        if settings.offline and not settings.offline_runs():
-            return Delivery.skipped(
-                self.name,
-                f"no offline run {settings.run_id} under {settings.runs_root}: not creating one",
-            )
-        level = "INFO" if event.test else ALERT_LEVELS[event.level]
-        if not settings.alerts:
-            level = None
+        level = self._alert_level(event)
         init_timeout = 90.0 if deadline is None else max(1.0, deadline - time.monotonic())
         known = getattr(wandb.Settings, "model_fields", {})
         run_settings: dict[str, Any] = {
@@ -177,8 +232,7 @@ class WandbNotifier(Notifier):
             entity=settings.entity,
             dir=str(settings.directory) if settings.directory else None,
             mode=settings.resolved_mode,
-            # Offline, W&B ignores resume (and warns); offline_runs() checked instead.
-            resume=None if settings.offline else "must",
+            resume="must",
             save_code=False,
             settings=wandb.Settings(**run_settings),
         )
@@ -199,6 +253,6 @@ class WandbNotifier(Notifier):
             exit_code = 0 if event.test or event.exit_code is None else event.exit_code
             run.finish(exit_code=exit_code)
             # finish() hands the records to W&B's service process; teardown waits
-            # until they are written (offline) or uploaded, so "sent" means sent.
+            # until they are uploaded, so "sent" means sent.
             wandb.teardown()
         return Delivery.sent(self.name, f"run {settings.run_id}: {' + '.join(done) or 'nothing'}")

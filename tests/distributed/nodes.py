@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -62,8 +63,11 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--startup-grace", type=float, default=1.0)
     parser.add_argument("--unreachable-timeout", type=float, default=1.5)
-    parser.add_argument("--linger", type=float, default=2.0)
+    # Ends as soon as every worker reported; long enough for a loaded machine.
+    parser.add_argument("--linger", type=float, default=5.0)
+    parser.add_argument("--request-deadline", type=float, default=5.0)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the runner's CLI
     sky = from_env(os.environ)
     config = CoordinationConfig(
         port=args.port,
@@ -71,6 +75,7 @@ def child_main(argv: list[str]) -> int:
         unreachable_timeout=args.unreachable_timeout,
         linger=args.linger,
         report_timeout=2.0,
+        request_deadline=args.request_deadline,
     )
     try:
         built = coordination_from_env(sky, args.state_dir, config=config)
@@ -197,6 +202,15 @@ class Node:
                 return got
             if got["event"] == "error":
                 raise AssertionError(f"node {self.rank}: {got['message']}")
+
+    def expect_log(self, text: str, timeout: float = 30.0) -> None:
+        """Until the node logged ``text``; fails after ``timeout`` (a guard against hangs)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.stderr_lines)):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                stderr = "".join(self.stderr_lines)
+                raise AssertionError(f"node {self.rank}: never logged {text!r}; stderr:\n{stderr}")
+            time.sleep(0.02)
 
     def pending(self) -> list[dict[str, Any]]:
         """Events so far not consumed by :meth:`expect`."""

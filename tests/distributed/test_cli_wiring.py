@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PYTHON, REPO, SkyguardRunner
+from tests.ports import reserve_port
 
 pytest.importorskip("torch.distributed")
 pytestmark = pytest.mark.torch
 
 WORKER = str(REPO / "tests" / "distributed" / "allreduce_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def with_torchrun_on_path(skyguard: SkyguardRunner) -> dict[str, str]:
@@ -35,7 +28,7 @@ def test_torchrun_runs_the_ranks_with_skypilot_rendezvous(skyguard: SkyguardRunn
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(free_port()),
+        str(reserve_port()),
         "--heartbeat-timeout",
         "60",
         env=with_torchrun_on_path(skyguard),
@@ -56,7 +49,7 @@ def test_torchrun_rank_crash_is_the_job_s_failure(skyguard: SkyguardRunner) -> N
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(free_port()),
+        str(reserve_port()),
         "--grace",
         "5",
         env=with_torchrun_on_path(skyguard),
@@ -72,7 +65,7 @@ def test_preflight_gates_the_command(skyguard: SkyguardRunner, tmp_path: Path) -
         [PYTHON, "-c", "print('training starts')"],
         "--preflight",
         "--master-port",
-        str(free_port()),
+        str(reserve_port()),
         state_dir=tmp_path / "ok",
         env=two_ranks,
         timeout=180,
@@ -87,7 +80,7 @@ def test_preflight_gates_the_command(skyguard: SkyguardRunner, tmp_path: Path) -
         "--preflight-min-busbw",
         "1000000",
         "--master-port",
-        str(free_port()),
+        str(reserve_port()),
         state_dir=tmp_path / "bad",
         env=two_ranks,
         timeout=180,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import signal
@@ -19,26 +18,22 @@ from devops.skypilot.node.coordination import head as coordination_head
 from devops.skypilot.node.coordination import protocol as coordination_protocol
 from devops.skypilot.node.coordination.protocol import (
     SECRET_VAR,
-    SIGNATURE_HEADER,
     CoordinationConfig,
     CoordinationError,
     NodeEnd,
     coordination_secret,
+    hello_target,
     peer_failed_verdict,
     task_token,
 )
 from devops.skypilot.node.environment import SkyPilotEnv, from_env
 from tests.distributed.nodes import Node
+from tests.distributed.runners import JOINED
+from tests.distributed.wire import Wire, send
+from tests.ports import reserve_port
 
 SECRET = "coordination-test-secret-5f1e"
 TASK_ID = "sky-managed-coordination-test_0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -56,21 +51,34 @@ class Cluster:
     def __init__(self, tmp_path: Path, leak_tag: str) -> None:
         self.tmp_path = tmp_path
         self.leak_tag = leak_tag
-        self.port = free_port()
+        self.port = reserve_port()
         self.nodes: list[Node] = []
 
     def start(
-        self, num_nodes: int, secret: str | None = SECRET, ranks: range | None = None
+        self,
+        num_nodes: int,
+        secret: str | None = SECRET,
+        ranks: range | None = None,
+        *,
+        options: tuple[str, ...] = (),
+        joined: bool = True,
     ) -> list[Node]:
-        """Nodes ``ranks`` (default: all) of a ``num_nodes`` job, each once it has started."""
+        """Nodes ``ranks`` (default: all) of a ``num_nodes`` job, each once it has started.
+
+        ``joined``: and each worker once it reached the head, so a test's first move
+        never races a worker's first contact.
+        """
         env = {SECRET_VAR: secret} if secret is not None else {}
         started = [
-            Node(rank, num_nodes, self.port, self.tmp_path, self.leak_tag, env=env)
+            Node(rank, num_nodes, self.port, self.tmp_path, self.leak_tag, env=env, options=options)
             for rank in (ranks if ranks is not None else range(num_nodes))
         ]
         self.nodes += started
         for node in started:
             node.expect("started")
+        for node in started:
+            if joined and node.rank != 0:
+                node.expect_log(JOINED)
         return started
 
     def kill_all(self) -> None:
@@ -117,7 +125,7 @@ def test_the_head_s_own_decision_reaches_the_workers(cluster: Cluster) -> None:
 
 def test_a_head_that_completes_does_not_stop_the_workers(cluster: Cluster) -> None:
     """Success is no decision: a worker still finishing is left alone after the head is gone."""
-    nodes = cluster.start(2)
+    nodes = cluster.start(2, options=("--linger", "1"))  # the worker learns it while polling
     nodes[0].end("completed", 0, "command exited 0")
     assert nodes[0].wait() == 0
     time.sleep(1.0 + 1.5 + 1.0)  # past the startup grace and the unreachable timeout
@@ -140,74 +148,61 @@ def test_a_head_killed_with_sigkill_stops_the_workers(cluster: Cluster) -> None:
 def test_a_worker_with_the_wrong_secret_learns_nothing_from_the_head(cluster: Cluster) -> None:
     """Misconfigured secrets are not silent: the worker cannot trust the head and stops."""
     (head,) = cluster.start(2, ranks=range(1))
-    (stranger,) = cluster.start(2, secret="not-the-secret", ranks=range(1, 2))
+    (stranger,) = cluster.start(2, secret="not-the-secret", ranks=range(1, 2), joined=False)
     verdict = stranger.expect("verdict")
     assert verdict["reason"] == "peer_failed"
     assert "unreachable" in verdict["detail"] and "401" in verdict["detail"]
     assert head.pending() == [], "the head is not stopped by a sender it cannot authenticate"
-    assert "rejected a message from 127.0.0.1 (401)" in "".join(head.stderr_lines)
+    head.expect_log("rejected a message from 127.0.0.1 (401)")
 
 
 # --------------------------------------------------------------------------- the endpoint
 
 
-def _sign(token: bytes, method: str, target: str, body: bytes) -> str:
-    return coordination_protocol.sign(token, f"{method} {target}".encode(), body)
-
-
-def _send(
-    port: int, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, target, body=body or None, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def test_unauthenticated_oversized_and_malformed_messages_are_rejected(cluster: Cluster) -> None:
-    head, worker = cluster.start(2)
+    # Node 2 never runs: the test speaks for it (a second sender of a running node's
+    # numbers would take them from that node).
+    head, worker = cluster.start(3, ranks=range(2))
     port = cluster.port
     token = task_token(SECRET.encode(), TASK_ID)
-    wrong = task_token(b"guessed", TASK_ID)
+    wire = Wire(port, token, node=2)
+    session = wire.join()
+    stranger = Wire(port, task_token(b"guessed", TASK_ID), node=2)
     decision = json.dumps(
-        {"node": 1, "reason": "heartbeat_timeout", "exit_code": 75, "detail": "forged"}
+        {"node": 2, "reason": "heartbeat_timeout", "exit_code": 75, "detail": "forged"}
     ).encode()
 
-    def signed(key: bytes, body: bytes, target: str = "/v1/end") -> dict[str, str]:
-        return {SIGNATURE_HEADER: _sign(key, "POST", target, body)}
-
-    assert _send(port, "POST", "/v1/end", decision)[0] == 401  # no signature
-    assert _send(port, "POST", "/v1/end", decision, signed(wrong, decision))[0] == 401
+    assert send(port, "POST", "/v1/end", decision)[0] == 401  # no signature
+    assert stranger.send("POST", "/v1/end", decision, session=session)[0] == 401
+    assert stranger.send("GET", hello_target(2))[0] == 401  # a stranger cannot even join
     # A valid signature for another path does not carry over.
-    assert _send(port, "POST", "/v1/end", decision, signed(token, decision, "/v1/start"))[0] == 401
+    other_path = wire.seal("POST", "/v1/start", decision).headers()
+    assert send(port, "POST", "/v1/end", decision, other_path)[0] == 401
+    # Nor does a valid signature from a node that signs as another.
+    for_node_0 = json.dumps({"node": 0, "reason": "nccl_error", "exit_code": 75}).encode()
+    assert wire.send("POST", "/v1/end", for_node_0)[0] == 400
     huge = b"{" + b" " * (1 << 20) + b"}"
     # Refused on its declared length, before a byte of the body is read.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        head_of_request = (
-            f"POST /v1/end HTTP/1.0\r\nContent-Length: {len(huge)}\r\n"
-            f"{SIGNATURE_HEADER}: {_sign(token, 'POST', '/v1/end', huge)}\r\n\r\n"
+        seal = wire.seal("POST", "/v1/end", huge)
+        head_of_request = f"POST /v1/end HTTP/1.0\r\nContent-Length: {len(huge)}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in seal.headers().items()
         )
-        raw.sendall(head_of_request.encode() + huge[:1000])
+        raw.sendall(head_of_request.encode() + b"\r\n" + huge[:1000])
         assert raw.recv(100).startswith(b"HTTP/1.0 413")
     for body in (b"{not json", b"[1, 2]", b'{"node": 7, "reason": "heartbeat_timeout"}'):
-        assert _send(port, "POST", "/v1/end", body, signed(token, body))[0] == 400
+        assert wire.send("POST", "/v1/end", body)[0] == 400
     bad_reason = json.dumps({"node": 1, "reason": "bored", "exit_code": 75}).encode()
-    assert _send(port, "POST", "/v1/end", bad_reason, signed(token, bad_reason))[0] == 400
+    assert wire.send("POST", "/v1/end", bad_reason)[0] == 400
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(b"\x16\x03\x01 definitely not http\r\n\r\n")
-        assert b"Error code: 400" in raw.recv(4096)  # a TLS hello, say: answered, not fatal
+        assert raw.recv(4096).startswith(b"HTTP/1.0 400")  # a TLS hello, say: answered, not fatal
     # Nothing of that stopped anyone, and the head still serves signed requests.
     assert head.pending() == [] and worker.pending() == []
-    target = "/v1/state?node=1&wait=0"
-    status, body = _send(
-        port, "GET", target, headers={SIGNATURE_HEADER: _sign(token, "GET", target, b"")}
-    )
+    status, body = wire.send("GET", "/v1/state?node=2&wait=0")
     assert status == 200 and json.loads(body)["decision"] is None
+    head.expect_log("[10 rejected so far]")  # the log is read on a thread of this process
     log = "".join(head.stderr_lines)
-    assert log.count("rejected a message") >= 8
     assert SECRET not in log and token.hex() not in log
     # A real decision still works after all the noise.
     worker.end("heartbeat_timeout", EXIT_RETRY, "no heartbeat")
@@ -247,16 +242,16 @@ def test_secrets_stay_out_of_reprs_and_logs(
             "SKYPILOT_TASK_ID": TASK_ID,
         }
     )
-    config = CoordinationConfig(port=free_port(), linger=0.1)
+    config = CoordinationConfig(port=reserve_port(), linger=0.1)
     with caplog.at_level(logging.DEBUG):
         built = coordination_from_env(sky, tmp_path, config=config, env={SECRET_VAR: SECRET})
         assert built is not None
         observer, monitor = built
         observer.coordinator.start()
         token = task_token(SECRET.encode(), TASK_ID)
-        target = "/v1/state?node=1&wait=0"
-        headers = {SIGNATURE_HEADER: _sign(token, "GET", target, b"")}
-        assert _send(config.port, "GET", target, headers=headers)[0] == 200
+        wire = Wire(config.port, token, node=1)
+        wire.join()
+        assert wire.send("GET", "/v1/state?node=1&wait=0")[0] == 200
         observer.close()
     texts = [repr(observer), repr(monitor), repr(observer.coordinator), repr(config), caplog.text]
     for text in texts:
@@ -265,10 +260,11 @@ def test_secrets_stay_out_of_reprs_and_logs(
 
 def test_an_end_before_the_command_started_still_reaches_the_workers(tmp_path: Path) -> None:
     """Max runtime already spent: the runner ends without on_start; the workers must learn it."""
-    port = free_port()
+    port = reserve_port()
     base = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1"}
     secret = {SECRET_VAR: SECRET}
-    config = CoordinationConfig(port=port, linger=10.0, unreachable_timeout=30.0)
+    # The head serves until close(), after report_end's linger: the worker may learn late.
+    config = CoordinationConfig(port=port, linger=0.5, unreachable_timeout=30.0)
     head = coordination_from_env(
         from_env({**base, "SKYPILOT_NODE_RANK": "0"}), tmp_path / "0", config=config, env=secret
     )
@@ -327,6 +323,25 @@ def test_first_decision_wins_and_successes_decide_nothing() -> None:
     assert board.end(first) == first
     assert board.end(later) == first
     assert set(board.ends) == {1, 2, 3}
+
+
+def test_each_request_number_counts_once_and_late_ones_pass_within_the_window() -> None:
+    fresh = coordination_head._Freshness()
+    assert fresh.admit(1, 2) and fresh.admit(1, 1), "a poll and an end report may cross"
+    assert not fresh.admit(1, 2) and not fresh.admit(1, 1)
+    assert fresh.admit(1, 100)
+    window = coordination_head.REPLAY_WINDOW
+    assert not fresh.admit(1, 100 - window), "too old to tell from a replay"
+    assert fresh.admit(1, 101 - window) and not fresh.admit(1, 101 - window)
+    assert fresh.admit(2, 1), "each node counts its own"
+
+
+@pytest.mark.parametrize(
+    "nonce", ["", "1", "1.", ".1", "a.1", "1.-1", "1.1.1", "1.\u00b2", "1." + "9" * 19]
+)
+def test_malformed_nonces_are_refused(nonce: str) -> None:
+    with pytest.raises(ValueError):
+        coordination_protocol.parse_nonce(nonce)
 
 
 @pytest.mark.parametrize(

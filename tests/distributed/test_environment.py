@@ -21,6 +21,7 @@ from devops.skypilot.node.environment import (
     torchrun_command,
 )
 from tests.conftest import REPO, TAG_VAR
+from tests.ports import reserve_port
 
 TWO_NODES = {
     "SKYPILOT_NODE_RANK": "1",
@@ -170,13 +171,16 @@ def test_torchrun_starts_the_ranks_with_our_rendezvous(tmp_path: Path, leak_tag:
     script.write_text(
         "import json, os\n"
         "keys = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']\n"
-        "print('RANKINFO ' + json.dumps({k: os.environ[k] for k in keys}), flush=True)\n"
+        # One write(2) per line: both ranks share the pipe, and print() writes the
+        # text and its newline apart when stdout is unbuffered (PYTHONUNBUFFERED).
+        "line = 'RANKINFO ' + json.dumps({k: os.environ[k] for k in keys}) + '\\n'\n"
+        "os.write(1, line.encode())\n"
     )
     env_vars = {"SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_NODES": "1"}
     argv = torchrun_command(
         from_env(env_vars),
         [str(script)],
-        master_port=_free_port(),
+        master_port=reserve_port(),
         nproc_per_node=2,
         launcher=[sys.executable, "-m", "torch.distributed.run"],
     )
@@ -191,15 +195,6 @@ def test_torchrun_starts_the_ranks_with_our_rendezvous(tmp_path: Path, leak_tag:
     assert sorted(info["RANK"] for info in infos) == ["0", "1"]
     assert {info["MASTER_ADDR"] for info in infos} == {"127.0.0.1"}
     assert {info["WORLD_SIZE"] for info in infos} == {"2"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _clean_env() -> dict[str, str]:

@@ -34,6 +34,7 @@ from devops.skypilot.node.nccl.results import (
     message_sizes,
 )
 from tests.conftest import REPO, TAG_VAR
+from tests.ports import reserve_port
 
 #: Small sizes keep the real-process tests to seconds on a 2-core machine.
 FAST = ["--max-size", "4M", "--iters", "4", "--timeout", "30"]
@@ -241,7 +242,7 @@ def test_a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time(
         "--timeout",
         "8",
     ]
-    process = subprocess.Popen(argv, env=_rank_env(tagged, 0, 2, nccl._free_port()), cwd=REPO)
+    process = subprocess.Popen(argv, env=_rank_env(tagged, 0, 2, reserve_port()), cwd=REPO)
     try:
         assert process.wait(timeout=60) == EXIT_RETRY
     finally:
@@ -256,7 +257,7 @@ def test_a_rank_that_never_comes_fails_the_rendezvous_in_bounded_time(
 @pytest.mark.torch
 def test_a_rank_that_dies_after_joining_fails_the_others(tagged: str, tmp_path: Path) -> None:
     out = tmp_path / "preflight.json"
-    port = nccl._free_port()
+    port = reserve_port()
     survivor = subprocess.Popen(
         [sys.executable, "-m", "devops.skypilot", "nccl-check", "--json", str(out), *FAST],
         env=_rank_env(tagged, 0, 2, port),
@@ -294,7 +295,7 @@ def test_runs_as_a_torchrun_worker(tagged: str, tmp_path: Path) -> None:
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(nccl._free_port()),
+        str(reserve_port()),
         "-m",
         "devops.skypilot",
         "nccl-check",
@@ -310,7 +311,7 @@ def test_runs_as_a_torchrun_worker(tagged: str, tmp_path: Path) -> None:
 @pytest.mark.torch
 def test_two_fake_nodes_agree_through_run_preflight(tagged: str, tmp_path: Path) -> None:
     """The runner's path: each node runs torchrun with the job's rendezvous on loopback."""
-    port = nccl._free_port()
+    port = reserve_port()
     results: dict[int, PreflightResult] = {}
 
     def node(rank: int) -> None:

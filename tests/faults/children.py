@@ -7,7 +7,10 @@ for the test poll for ``$FAULT_GO``.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
+import resource
 import shutil
 import signal
 import sys
@@ -202,6 +205,143 @@ def beat_forever() -> int:
         time.sleep(0.05)
 
 
+def print_after_go(lines: str, code: str) -> int:
+    """Print once the test says so (the runner's own stdout is closed by then), then exit."""
+    ready()
+    wait_for_go()
+    for index in range(int(lines)):
+        print(f"after go {index}", flush=True)
+    return int(code)
+
+
+def numbered_lines(count: int) -> bytes:
+    """``count`` distinct lines of 100 bytes each."""
+    return b"".join(b"line %06d %s\n" % (index, b"." * 87) for index in range(count))
+
+
+def fill_log_disk(lines: str, beat_seconds: str) -> int:
+    """Print more than the state dir's disk holds, then keep beating into it."""
+    sys.stdout.buffer.write(numbered_lines(int(lines)))
+    sys.stdout.buffer.flush()
+    beat = Heartbeat(min_interval=0)
+    end = time.monotonic() + float(beat_seconds)
+    while time.monotonic() < end:
+        beat.beat()
+        time.sleep(0.05)
+    print("fill-log-disk: done", flush=True)
+    return 0
+
+
+FATAL_AFTER_FLOOD = b"RuntimeError: CUDA error: an illegal memory access was encountered\n"
+
+
+def flood_lines(megabytes: str, pipe_file: str) -> int:
+    """A chatty job: ``megabytes`` MB of 100-byte lines as fast as the pipe takes them,
+    then one certainly fatal line, then a hang (the runner must stop it). Notes the
+    capacity of its stdout pipe, which the runner grows so the job blocks less."""
+    Path(pipe_file).write_text(str(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ)))
+    chunk = numbered_lines(10000)
+    out = sys.stdout.fileno()
+    for _ in range(int(megabytes)):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out, view) :]
+    os.write(out, FATAL_AFTER_FLOOD)
+    hang()
+    return 0
+
+
+def print_env() -> int:
+    """What a training script's ``env`` dump would put in the log."""
+    for name, value in sorted(os.environ.items()):
+        print(f"{name}={value}")
+    return 0
+
+
+def beat_into_full_disk(count: str) -> int:
+    """Every heartbeat write fails as on a full disk: no file may grow past 0 bytes."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    beat = Heartbeat(min_interval=0)
+    assert beat.path is not None
+    # A beat may still land as a touch (no space needed); the write itself must fail.
+    failed = sum(1 for _ in range(int(count)) if not beat.beat() or beat.path.stat().st_size == 0)
+    print(f"beat-into-full-disk: {failed} failed writes", flush=True)
+    return 0
+
+
+def _ready_on_sigterm() -> None:
+    """SIGTERM only says that it arrived (``$FAULT_READY``, and one byte per SIGTERM in
+    ``$FAULT_READY.sigterms``); stopping takes until SIGKILL."""
+    count = os.open(os.environ["FAULT_READY"] + ".sigterms", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def noted(signum: int, frame: object) -> None:
+        os.write(count, b"T")
+        if os.fstat(count).st_size == 1:
+            ready()
+
+    signal.signal(signal.SIGTERM, noted)
+
+
+def exit_leaving_helper() -> int:
+    """Exit 0 at once, leaving a helper in the process group that is slow to stop."""
+    read, write = os.pipe()
+    if os.fork() == 0:
+        _ready_on_sigterm()
+        os.write(write, b"1")
+        hang()
+    os.read(read, 1)
+    return 0
+
+
+def hang_ready_on_sigterm() -> int:
+    """Beat a little, then hang; the runner's SIGTERM is noted, never obeyed."""
+    _ready_on_sigterm()
+    beats()
+    hang()
+    return 0
+
+
+def pid_hopper(trail: str, own_session: str = "") -> int:
+    """Leave a descendant that forks and exits every 2 ms, so its pid never stays; then
+    exit 0. Each generation appends a byte to ``trail``; all give up after 20 s, so a
+    leak does not outlive the test by long. ``own_session``: each hop leaves the group."""
+    give_up = time.monotonic() + 20
+    if os.fork() == 0:
+        fd = os.open(trail, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        while time.monotonic() < give_up:
+            if os.fork():
+                os._exit(0)
+            if own_session:
+                os.setsid()
+            os.write(fd, b".")
+            time.sleep(0.002)
+        os._exit(0)
+    while not os.path.exists(trail):
+        time.sleep(0.01)
+    return 0
+
+
+def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
+    """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
+    a job that prints something alarming and then goes on (or fails on its own)."""
+    print(text, flush=True)
+    for step in range(int(filler)):
+        print(f"step {step} loss 0.1")
+    beat_for(seconds)
+    return int(code)
+
+
+def random_bytes(megabytes: str, seed: str) -> int:
+    """``megabytes`` MB of seeded random bytes on stdout, then a second of beats, exit 0."""
+    data = random.Random(int(seed)).randbytes(int(megabytes) * 2**20)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view[:65536]) :]
+    beat_for("1")
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -219,6 +359,16 @@ MODES: dict[str, Callable[..., int]] = {
     "delete-heartbeat": delete_heartbeat,
     "beat-for": beat_for,
     "beat-forever": beat_forever,
+    "print-after-go": print_after_go,
+    "beat-into-full-disk": beat_into_full_disk,
+    "exit-leaving-helper": exit_leaving_helper,
+    "hang-ready-on-sigterm": hang_ready_on_sigterm,
+    "pid-hopper": pid_hopper,
+    "say": say,
+    "random-bytes": random_bytes,
+    "print-env": print_env,
+    "flood-lines": flood_lines,
+    "fill-log-disk": fill_log_disk,
 }
 
 

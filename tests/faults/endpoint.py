@@ -37,6 +37,9 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
                 endpoint.stop.wait(30)
             if endpoint.mode == "429" and len(endpoint.posts) <= 2:
                 self._answer(429, {"message": "You are being rate limited.", "retry_after": 0.2})
+            elif "wait=true" in self.path:
+                # Discord's answer with ?wait=true: the stored message.
+                self._answer(200, {"id": str(len(endpoint.posts)), "type": 0})
             else:
                 self._answer(204, None)
 
@@ -56,7 +59,7 @@ def _handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _closed_port() -> int:
+def free_port() -> int:
     """A loopback port nothing listens on: connections are refused at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,10 +69,11 @@ def _closed_port() -> int:
 
 @contextlib.contextmanager
 def serve(mode: str) -> Iterator[Endpoint]:
-    """``down``: nothing listens; ``429``: rate-limits the first two posts; ``slow``: stalls."""
+    """``down``: nothing listens; ``429``: rate-limits the first two posts; ``slow``: stalls;
+    anything else (``ok``): answers 204."""
     path = f"/api/webhooks/1/{TOKEN}"
     if mode == "down":
-        yield Endpoint(f"http://127.0.0.1:{_closed_port()}{path}", mode)
+        yield Endpoint(f"http://127.0.0.1:{free_port()}{path}", mode)
         return
     endpoint = Endpoint("", mode)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(endpoint))

@@ -11,13 +11,15 @@ generous bound (a guard against hanging, not a speed test).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,13 @@ from typing import Any
 import psutil
 import pytest
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import INVALID
-from tests.faults.endpoint import TOKEN, Endpoint, serve
+from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
+from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
 CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")
@@ -64,6 +68,12 @@ mount --bind "$FAULT_STATE" "$FAULT_STATE" &&
 touch "$FAULT_GO"
 wait "$runner"
 """
+#: ``skyguard run ... 2>&1 | head -1``: the runner's stdout and stderr are one pipe whose
+#: reader is gone (not merely slow) by the time ``$FAULT_GO`` exists.
+HEAD_WRAPPER = r"""
+"$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
+exit "${PIPESTATUS[0]}"
+"""
 
 
 @dataclass
@@ -75,6 +85,18 @@ class Live:
     tmp: Path
     ready: Path
     go: Path
+    endpoint: Endpoint | None = None
+
+    def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
+        """Poll ``condition`` while the runner lives (a guard against hanging, not a timing)."""
+        deadline = time.monotonic() + RUN_BOUND
+        while not condition():
+            assert self.process.poll() is None, f"runner exited before {what}"
+            assert time.monotonic() < deadline, f"never {what}"
+            time.sleep(0.02)
+
+    def stderr(self) -> str:
+        return (self.tmp / "stderr").read_text(errors="replace")
 
     def wait_ready(self) -> int:
         """Wait until the command reached its moment; its pid."""
@@ -97,9 +119,15 @@ class Finished:
     elapsed: float
     endpoint: Endpoint | None = None
 
+    #: The runner's stdout and stderr were closed early: nothing printed can be read.
+    output_closed: bool = False
+
     @property
     def printed(self) -> dict[str, Any]:
-        """The ``skyguard: termination {...}`` line: printed even when it cannot be written."""
+        """The ``skyguard: termination {...}`` line: printed even when it cannot be written
+        (the record on disk where the runner's own output was closed)."""
+        if self.output_closed:
+            return {k: v for k, v in self.on_disk.items() if k != "history"}
         match = re.search(r"^skyguard: termination (\{.*\})$", self.stderr, re.MULTILINE)
         assert match, f"no termination line in stderr:\n{self.stderr[-3000:]}"
         data: dict[str, Any] = json.loads(match.group(1))
@@ -132,7 +160,8 @@ class Scenario:
     seed: str = "attempt"
     #: History length on disk afterwards; None when nothing can be on disk.
     history: int | None = 2
-    #: "plain", "read-only" (mount namespace) or "clock+N" / "clock-N" (jumped wall clock).
+    #: "plain", "read-only" (mount namespace), "clock+N" / "clock-N" (jumped wall clock)
+    #: or "head-1" (the runner's stdout and stderr piped into ``head -1``).
     launcher: str = "plain"
     action: Action | None = None
     check: Check | None = None
@@ -144,6 +173,13 @@ class Scenario:
     #: A known defect this scenario exposes (strict xfail: fixing it turns the test red
     #: until the mark is removed).
     known_bug: str = ""
+    #: Files written before the run, as (path under the test's tmp dir, content);
+    #: ``state/...`` is inside the state dir, a path ending in ``/`` is a directory.
+    files: tuple[tuple[str, str], ...] = ()
+    #: Holds something alive for the whole run (given the test's tmp dir).
+    around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
+    #: The state dir is a tmpfs of this size ("256k") the test mounts (root only).
+    state_tmpfs: str = ""
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -265,7 +301,7 @@ def notification_failed(done: Finished) -> None:
 
 def rate_limit_honoured(done: Finished) -> None:
     assert done.endpoint is not None
-    assert 429 in done.endpoint.answered and done.endpoint.answered[-1] == 204
+    assert 429 in done.endpoint.answered and done.endpoint.answered[-1] == 200
     first, second = done.endpoint.posts[0][0], done.endpoint.posts[1][0]
     assert second - first >= 0.2, "retried before the retry_after Discord asked for"
     assert re.search(r"notification .*discord: sent", done.stderr), done.stderr[-2000:]
@@ -275,6 +311,255 @@ def slow_endpoint_bounded(done: Finished) -> None:
     notification_failed(done)
     # Three tries of a 10 s read timeout would take 30 s; the deadline is 2 s per phase.
     assert done.elapsed < 20, f"runner took {done.elapsed:.1f}s with a stalled endpoint"
+
+
+# --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ------------
+
+#: The user's own credential (stays) and skyguard's (removed from the command's env).
+USER_KEY = "wandb-user-key-the-training-code-needs"
+SKYGUARD_SECRETS = {
+    COORD_SECRET_VAR: "faultmatrix-coordination-secret",
+    GITHUB_TOKEN_VAR: "faultmatrix-github-token",
+}
+
+
+def credentials_kept_from_command(done: Finished) -> None:
+    for text in (done.stdout.read_text(), done.log.read_text()):
+        assert f"WANDB_API_KEY={USER_KEY}\n" in text, "the user's own credential was removed"
+        assert "SKYGUARD_HEARTBEAT_FILE=" in text, "no env dump"
+        for secret in (TOKEN, *SKYGUARD_SECRETS.values()):
+            assert secret not in text, "one of skyguard's credentials reached the command"
+
+
+def log_incomplete_output_complete(done: Finished) -> None:
+    forwarded = done.stdout.read_bytes()
+    assert forwarded == numbered_lines(12000) + b"fill-log-disk: done\n", "output was lost"
+    assert forwarded.startswith(done.log.read_bytes()), "the log holds bytes not printed"
+    said = re.findall(r"^skyguard: attempt log incomplete", done.stderr, re.MULTILINE)
+    assert len(said) == 1, done.stderr[-3000:]
+    for record in (done.printed, done.on_disk):
+        assert "attempt log incomplete" in record["detail"], record["detail"]
+
+
+def chatty_job_streamed(done: Finished) -> None:
+    # The runner grows the command's pipes and reads them a MiB at a time.
+    assert int((done.tmp / "pipe").read_text()) >= 2**20
+    assert "illegal memory access" in done.printed["detail"]
+    with done.log.open("rb") as log:
+        log.seek(64 * 10000 * 100)
+        assert log.read() == FATAL_AFTER_FLOOD, "the log is not every byte, in order"
+
+
+def told_despite_closed_output(done: Finished) -> None:
+    assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
+        "head -1 read no line"
+    )
+    assert done.endpoint is not None
+    ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
+    assert ends, f"observers never told of the end: {done.endpoint.posts}"
+
+
+# --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
+
+
+def stderr_has(text: str) -> Check:
+    def check(done: Finished) -> None:
+        assert text in done.stderr, done.stderr[-3000:]
+
+    return check
+
+
+def _history(**changes: Any) -> str:
+    """A termination.json: the seed, then its attempt 2 with ``changes`` (a wrong shape)."""
+    second = {**SEED.to_json(), "attempt": 2, **changes}
+    return json.dumps({**second, "history": [SEED.to_json(), second]})
+
+
+def _checkpoint(**changes: Any) -> str:
+    """An attempt.json of attempt 2; a ``raw`` pid goes in as written (``1e400``)."""
+    raw = changes.pop("raw_pid", None)
+    base = {"attempt": 2, "started_at": "s", "elapsed": 5.0, "checkpointed_at": "c", **changes}
+    text = json.dumps(base)
+    return text if raw is None else text[:-1] + f', "pid": {raw}}}'
+
+
+def set_aside(name: str, *lost: int) -> Check:
+    """``name`` moved aside byte for byte and reported in one line; ``lost`` attempts
+    are in the history as ``record_lost`` (they spent the retry budget)."""
+
+    def check(done: Finished) -> None:
+        aside = done.state_dir / f"{name}.corrupt"
+        assert aside.exists(), sorted(p.name for p in done.state_dir.iterdir())
+        reports = [line for line in done.stderr.splitlines() if f"{name} is corrupt" in line]
+        assert len(reports) == 1, done.stderr[-3000:]
+        history = done.on_disk["history"]
+        assert [h["attempt"] for h in history] == list(range(1, len(history) + 1))
+        assert [h["attempt"] for h in history if h["reason"] == "record_lost"] == list(lost)
+
+    return check
+
+
+@contextlib.contextmanager
+def skyguard_lookalike(tmp_path: Path, *, stamped: bool) -> Iterator[None]:
+    """A live process with "skyguard" in its command line holds the pid a leftover
+    attempt.json names: the pid was reused, its runner is long gone."""
+    decoy = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(120)", "skyguard", "run"])
+    try:
+        stamp = ProcessStamp.of(decoy.pid)
+        assert stamp is not None
+        owner = {"host": stamp.host, "pid": decoy.pid}
+        if stamped:  # the dead runner started at another time than the decoy
+            owner.update(boot_id=stamp.boot_id, start_ticks=max(1, stamp.start_ticks - 500))
+        (tmp_path / "state" / "attempt.json").write_text(_checkpoint(**owner))
+        yield
+    finally:
+        decoy.kill()
+        decoy.wait()
+
+
+#: A batch-size finder's caught out-of-memory error, as torch prints it.
+RECOVERED_OOM = """Traceback (most recent call last):
+  File "train.py", line 88, in find_batch_size
+    loss = model(batch).sum()
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total \
+capacity of 79.15 GiB of which 1.25 GiB is free.
+batch size 512 does not fit; trying 256"""
+GPU_LOST = (
+    "Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost. "
+    "Reboot the system to recover this GPU"
+)
+IB_COMPLETION_ERROR = (
+    "node-1:3468:3905 [4] ib_plugin.c:1615 NCCL WARN NET/IB : Got completion from peer "
+    "10.0.0.2<54862> with status=12 opcode=0 len=0 vendor err 129 (Recv)"
+)
+
+
+def no_beat_temp_files_left(done: Finished) -> None:
+    assert "beat-into-full-disk: 200 failed writes" in done.stdout.read_text()
+    left = [path.name for path in done.state_dir.iterdir() if path.name.startswith(".beat.")]
+    assert not left, f"{len(left)} heartbeat temp files left behind"
+
+
+# --- issue 13, faults 2, 8: the first end wins; signals are handled from main's first line
+
+
+def late_signal_logged(name: str) -> Check:
+    def check(done: Finished) -> None:
+        late = f"skyguard: {name} came after the attempt had ended"
+        assert late in done.stderr, done.stderr[-3000:]
+        # The runner stops each process with one SIGTERM: a second is "force quit" to many.
+        assert (done.tmp / "ready.sigterms").read_text() == "T"
+
+    return check
+
+
+#: Without the hurry the ending would wait for a stalled endpoint for 30 s or more.
+SLOW_ENDING = {"SKYGUARD_NOTIFY_DEADLINE": "60s", "SKYGUARD_NOTIFY_READ_TIMEOUT": "60s"}
+#: Node 0 of two whose other node never comes: the head lingers for it after its end.
+HEAD_OF_TWO = {
+    "SKYPILOT_NODE_RANK": "0",
+    "SKYPILOT_NUM_NODES": "2",
+    "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1",
+    "SKYPILOT_TASK_ID": "fault-matrix-head",
+    "SKYGUARD_COORD_PORT": "{port}",
+}
+ENDING_BOUND = 25.0
+
+
+def ending_hurried(name: str, cut_short: bool = True) -> Check:
+    """The signal during the ending kept the code (and cut the wait short, unless what
+    it waited for may end on its own within the hurry: the 5 s coordination linger)."""
+
+    def check(done: Finished) -> None:
+        code = done.printed["exit_code"]
+        assert f"skyguard: {name} during the ending; exit code {code} stands" in done.stderr, (
+            done.stderr[-3000:]
+        )
+        if cut_short:
+            assert "not waiting for them longer" in done.stderr
+            assert done.elapsed < ENDING_BOUND, f"the wait was not cut short: {done.elapsed:.1f}s"
+
+    return check
+
+
+def in_the_ending(live: Live) -> None:
+    """The runner has printed its decision: it is telling its observers now."""
+    live.wait_until("printed its end", lambda: "skyguard: termination" in live.stderr())
+    endpoint = live.endpoint
+    if endpoint is not None:
+        live.wait_until("posted the end", lambda: bool(endpoint.posts))
+
+
+def signal_in_the_ending(signum: signal.Signals, first: bool = False) -> Action:
+    def act(live: Live) -> None:
+        if first:
+            send_to_runner(signum)(live)
+        in_the_ending(live)
+        live.process.send_signal(signum)
+
+    return act
+
+
+@contextlib.contextmanager
+def config_fifo(tmp: Path) -> Iterator[None]:
+    os.mkfifo(tmp / "config.toml")
+    yield
+
+
+def signal_during_startup(signum: signal.Signals) -> Action:
+    """Signal the runner while its main reads the config file: a FIFO held open by us."""
+
+    def act(live: Live) -> None:
+        fifo = live.tmp / "config.toml"
+        opened: list[int] = []
+
+        def reader_is_there() -> bool:
+            with contextlib.suppress(OSError):  # ENXIO: nobody reads it yet
+                opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return bool(opened)
+
+        live.wait_until("opened its config file", reader_is_there)
+        try:
+            live.process.send_signal(signum)
+        finally:
+            os.close(opened[0])  # an empty config: start-up goes on, with the signal pending
+
+    return act
+
+
+def never_started(done: Finished) -> None:
+    assert not done.log.exists(), "the command was started"
+    assert "runner received" in done.printed["detail"]
+
+
+# --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+
+
+def signal_during_preflight(signum: signal.Signals) -> Action:
+    def act(live: Live) -> None:
+        def rank_running() -> bool:
+            with contextlib.suppress(psutil.Error):
+                for below in psutil.Process(live.process.pid).children(recursive=True):
+                    if "nccl-check" in below.cmdline():
+                        return True
+            return False
+
+        live.wait_until("started a preflight rank", rank_running)
+        live.process.send_signal(signum)
+
+    return act
+
+
+# --- issue 13, fault 4: a pid-hopping descendant does not escape
+
+
+def hopper_gone(done: Finished) -> None:
+    """No generation of the hopper is left: its trail stops growing."""
+    trail = done.tmp / "trail"
+    before = trail.stat().st_size
+    assert before > 0, "the hopper never ran"
+    time.sleep(1.0)  # 500 hops' worth: a live hopper would have written here
+    assert trail.stat().st_size == before, "a pid-hopping descendant outlived the runner"
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -436,6 +721,301 @@ SCENARIOS: tuple[Scenario, ...] = (
         endpoint="slow",
         check=slow_endpoint_bounded,
     ),
+    # --- output, log disk, closed stdout, credentials (issue 13: faults 1, 7, 14, 15) ---
+    Scenario(
+        "credentials-kept-from-command",
+        child("print-env"),
+        "completed",
+        0,
+        endpoint="ok",
+        extra_env={**SKYGUARD_SECRETS, "WANDB_API_KEY": USER_KEY},
+        check=credentials_kept_from_command,
+    ),
+    Scenario(
+        "runner-output-closed",
+        child("print-after-go", "50", "4"),
+        "job_failed",
+        4,
+        launcher="head-1",
+        endpoint="ok",
+        check=told_despite_closed_output,
+    ),
+    Scenario(
+        # The state dir's disk fills up with the attempt log, heartbeats included.
+        "log-disk-full",
+        child("fill-log-disk", "12000", "2"),
+        "completed",
+        0,
+        hb(),
+        state_tmpfs="256k",
+        check=log_incomplete_output_complete,
+    ),
+    Scenario(
+        # 64 MB of 100-byte lines, then a fatal line the log patterns must still see.
+        "chatty-job-100-byte-lines",
+        child("flood-lines", "64", "{tmp}/pipe"),
+        "cuda_error",
+        75,
+        ("--grace", "1"),
+        signal="SIGTERM",
+        keep_stdout=False,
+        check=chatty_job_streamed,
+    ),
+    # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
+    Scenario(
+        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+        "config-grace-nan",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--config", "{tmp}/run.toml"),
+        files=(("run.toml", "[run]\ngrace = nan\n"),),
+        check=stderr_has("[run] grace: not a finite number: nan"),
+    ),
+    Scenario(
+        "config-busbw-inf",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--preflight-min-busbw", "inf"),
+        check=stderr_has("--preflight-min-busbw: not a finite number"),
+    ),
+    Scenario(
+        "heartbeat-file-is-a-directory",
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        ("--heartbeat-file", "{tmp}/hbdir"),
+        files=(("hbdir/", ""),),
+        check=stderr_has("hbdir is a directory"),
+    ),
+    Scenario(
+        "heartbeat-writes-fail-leave-no-temp-files",
+        child("beat-into-full-disk", "200"),
+        "completed",
+        0,
+        check=no_beat_temp_files_left,
+    ),
+    # --- issue 13, fault 2: a signal after the end is logged, not decisive
+    Scenario(
+        "late-sigterm-after-exit-0",
+        child("exit-leaving-helper"),
+        "completed",
+        0,
+        ("--grace", "3"),
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        "late-sigterm-after-heartbeat-timeout",
+        child("hang-ready-on-sigterm"),
+        "heartbeat_timeout",
+        75,
+        hb(grace="3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    Scenario(
+        # The seeded attempt used 100 s of the 102 s budget.
+        "late-sigterm-after-max-runtime",
+        child("hang-ready-on-sigterm"),
+        "max_runtime_reached",
+        124,
+        ("--max-runtime", "102", "--grace", "3"),
+        signal="SIGKILL",
+        action=send_to_runner(signal.SIGTERM),
+        check=late_signal_logged("SIGTERM"),
+    ),
+    # --- issue 13, fault 8: handlers from main's first line to its last
+    *(
+        Scenario(
+            f"ending-{signum.name.lower()}-during-notification",
+            child("close-stdout", "3"),
+            "job_failed",
+            3,
+            endpoint="slow",
+            extra_env=SLOW_ENDING,
+            action=signal_in_the_ending(signum),
+            check=ending_hurried(signum.name),
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    ),
+    Scenario(
+        "ending-second-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        hb("5"),
+        signal="SIGTERM",
+        endpoint="slow",
+        extra_env=SLOW_ENDING,
+        action=signal_in_the_ending(signal.SIGTERM, first=True),
+        check=ending_hurried("SIGTERM"),
+    ),
+    Scenario(
+        "ending-sigterm-during-coordination-linger",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        extra_env=HEAD_OF_TWO,
+        action=signal_in_the_ending(signal.SIGTERM),
+        check=ending_hurried("SIGTERM", cut_short=False),
+    ),
+    Scenario(
+        "startup-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--config", "{tmp}/config.toml"),
+        around=config_fifo,
+        action=signal_during_startup(signal.SIGTERM),
+        check=never_started,
+    ),
+    # --- issue 13, fault 4: a pid-hopping descendant does not escape
+    Scenario(
+        "child-pid-hopper",
+        child("pid-hopper", "{tmp}/trail"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
+    ),
+    Scenario(
+        "child-pid-hopper-own-sessions",
+        child("pid-hopper", "{tmp}/trail", "own-session"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        check=hopper_gone,
+    ),
+    # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
+    Scenario(
+        "preflight-passing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight",),
+        action=signal_during_preflight(signal.SIGTERM),
+        check=never_started,
+    ),
+    Scenario(
+        # Two ranks and an impossible bus bandwidth floor: the preflight fails.
+        "preflight-failing-sigterm",
+        child("beat-forever"),
+        "signalled",
+        75,
+        ("--preflight", "--preflight-min-busbw", "1e6"),
+        extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
+        action=signal_during_preflight(signal.SIGTERM),
+        check=never_started,
+    ),
+    *(
+        Scenario(
+            f"state-{name}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            seed="",
+            history=1,
+            files=(("state/termination.json", content),),
+            check=set_aside("termination.json"),
+        )
+        for name, content in (
+            ("history-not-a-list", '{"history": "oops"}'),
+            ("history-null-entry", '{"history": [null]}'),
+            ("history-number-entry", '{"history": [1]}'),
+        )
+    ),
+    *(
+        Scenario(
+            f"state-{name}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            history=3,
+            files=(("state/termination.json", content),),
+            check=set_aside("termination.json", 2),
+        )
+        for name, content in (
+            ("duration-a-string", _history(duration="5")),
+            ("duration-null", _history(duration=None)),
+        )
+    ),
+    Scenario(
+        "state-checkpoint-pid-1e400",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        history=3,
+        files=(("state/attempt.json", _checkpoint(raw_pid="1e400")),),
+        check=set_aside("attempt.json", 2),
+    ),
+    Scenario(
+        # Corrupted before every attempt, the history would restart at 1 each time and
+        # a hang would be retried forever: the attempts its logs show spent the budget.
+        "state-corrupt-again-is-no-fresh-budget",
+        child("hang"),
+        "crash_loop",
+        125,
+        (*hb(), "--max-retries", "3", "--crash-loop-window", "0"),
+        seed="",
+        history=4,
+        files=(
+            ("state/termination.json", CORRUPT),
+            *((f"state/logs/attempt-{n}.log", "") for n in (1, 2, 3)),
+        ),
+        check=detail_has("retry budget spent: 3 retryable ends"),
+    ),
+    Scenario(
+        "log-xid-health-summary-is-not-fatal",
+        child("say", "gpu health: 0 Xid errors in the last 24h, ECC ok"),
+        "completed",
+        0,
+    ),
+    Scenario("log-recovered-oom-is-not-fatal", child("say", RECOVERED_OOM), "completed", 0),
+    Scenario(
+        # The caught OOM is 1,200 lines before an unrelated failure: it does not explain it.
+        "log-recovered-oom-explains-no-later-crash",
+        child("say", RECOVERED_OOM, "0.2", "3", "1200"),
+        "job_failed",
+        3,
+    ),
+    Scenario(
+        # Seed 3 holds "Xid" between non-word bytes twice: the old bare-word pattern's bait.
+        "log-random-bytes-20mb-are-not-fatal",
+        child("random-bytes", "20", "3"),
+        "completed",
+        0,
+        keep_stdout=False,
+    ),
+    Scenario(
+        "log-gpu-lost-stops-the-job",
+        child("say", GPU_LOST, "10"),
+        "cuda_error",
+        75,
+        signal="SIGTERM",
+        check=detail_has("GPU is lost"),
+    ),
+    Scenario(
+        "log-ib-completion-error-explains-a-failure",
+        child("say", IB_COMPLETION_ERROR, "0.2", "1"),
+        "nccl_error",
+        75,
+        check=detail_has("command exited 1; fatal log line: node-1:3468:3905"),
+    ),
+    *(
+        Scenario(
+            f"pid-reused-by-a-skyguard-lookalike-{kind}",
+            child("beat-for", "0.2"),
+            "completed",
+            0,
+            history=3,
+            around=functools.partial(skyguard_lookalike, stamped=kind == "stamped"),
+            check=stderr_has("attempt 2 left no record; counting it"),
+        )
+        for kind in ("stamped", "unstamped")
+    ),
 )
 
 #: What the runner's notifications are set to when a scenario has an endpoint.
@@ -459,6 +1039,8 @@ def _launch(
     if scenario.launcher == "read-only":
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher == "head-1":
+        return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
     if scenario.launcher.startswith("clock"):
         env["CLOCK_JUMP"] = scenario.launcher.removeprefix("clock")
         return [PYTHON, CLOCK_JUMP, *runner_args]
@@ -466,10 +1048,10 @@ def _launch(
 
 
 def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psutil.Process | None:
-    """The runner itself (below the wrapper shell in the read-only scenario)."""
+    """The runner itself (below the wrapper shell in the read-only and head-1 scenarios)."""
     try:
         top = psutil.Process(process.pid)
-        if scenario.launcher != "read-only":
+        if scenario.launcher not in ("read-only", "head-1"):
             return top
         for candidate in top.children():
             if "devops.skypilot" in candidate.cmdline():
@@ -479,12 +1061,38 @@ def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psu
     return None
 
 
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[None]:
+    """A small tmpfs at ``path`` for the run: a disk that fills up (root only)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "skyguard-fault", str(path)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
 def _seed(state_dir: Path, how: str) -> None:
-    state_dir.mkdir(parents=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     if how == "attempt":
         StateDir(state_dir).record(SEED, [])
     elif how == "corrupt":
         (state_dir / "termination.json").write_text(CORRUPT)
+
+
+def _write_files(tmp_path: Path, files: tuple[tuple[str, str], ...]) -> None:
+    for name, content in files:
+        path = tmp_path / name
+        if name.endswith("/"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
 
 
 def _can_remount() -> bool:
@@ -515,23 +1123,34 @@ def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) 
     if scenario.launcher == "read-only" and not _can_remount():
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
     with contextlib.ExitStack() as stack:
+        if scenario.state_tmpfs:
+            stack.enter_context(_tmpfs(tmp_path / "state", scenario.state_tmpfs))
         endpoint = stack.enter_context(serve(scenario.endpoint)) if scenario.endpoint else None
+        _seed(tmp_path / "state", scenario.seed)
+        _write_files(tmp_path, scenario.files)
+        if scenario.around is not None:
+            stack.enter_context(scenario.around(tmp_path))
         done = _run(scenario, skyguard, tmp_path, endpoint)
-    _verify(scenario, done)
+        _verify(scenario, done)  # before the tmpfs goes: the checks read the log
 
 
 def _run(
     scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path, endpoint: Endpoint | None
 ) -> Finished:
     state_dir = tmp_path / "state"
-    _seed(state_dir, scenario.seed)
     ready, go = tmp_path / "ready", tmp_path / "go"
     env = {"FAULT_READY": str(ready), "FAULT_GO": str(go), "FAULT_STATE": str(state_dir)}
     if endpoint is not None:
         env.update(NOTIFY_ENV, SKYGUARD_DISCORD_WEBHOOK_URL=endpoint.url)
-    env.update(scenario.extra_env)
-    command = [part.replace("{tmp}", str(tmp_path)) for part in scenario.command]
-    runner_args = ["--state-dir", str(state_dir), *scenario.options, "--", *command]
+    port = str(free_port())
+
+    def fill(text: str) -> str:
+        return text.replace("{tmp}", str(tmp_path)).replace("{port}", port)
+
+    env.update({name: fill(value) for name, value in scenario.extra_env.items()})
+    command = [fill(part) for part in scenario.command]
+    options = [fill(part) for part in scenario.options]
+    runner_args = ["--state-dir", str(state_dir), *options, "--", *command]
     argv = _launch(skyguard, scenario, runner_args, env)
     stdout_path = tmp_path / "stdout" if scenario.keep_stdout else Path("/dev/null")
     stderr_path = tmp_path / "stderr"
@@ -543,7 +1162,7 @@ def _run(
     peak_rss = 0.0
     try:
         if scenario.action is not None:
-            scenario.action(Live(process, state_dir, tmp_path, ready, go))
+            scenario.action(Live(process, state_dir, tmp_path, ready, go, endpoint))
         deadline = time.monotonic() + RUN_BOUND
         while process.poll() is None:
             assert time.monotonic() < deadline, f"runner still running after {RUN_BOUND}s"
@@ -565,10 +1184,25 @@ def _run(
         peak_rss,
         time.monotonic() - started,
         endpoint,
+        output_closed=scenario.launcher == "head-1",
     )
 
 
+def _verify_config_error(scenario: Scenario, done: Finished) -> None:
+    """Bad input: one line and exit 2, nothing started, the state dir untouched."""
+    assert done.returncode == scenario.exit_code == 2, done.stderr[-3000:]
+    assert done.stderr.startswith("skyguard: error: "), done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    if scenario.seed == "attempt":
+        assert done.on_disk == {**SEED.to_json(), "history": [SEED.to_json()]}
+    if scenario.check is not None:
+        scenario.check(done)
+
+
 def _verify(scenario: Scenario, done: Finished) -> None:
+    if scenario.reason == "config_error":
+        _verify_config_error(scenario, done)
+        return
     printed = done.printed
     assert (printed["reason"], printed["exit_code"]) == (scenario.reason, scenario.exit_code), (
         done.stderr[-3000:]

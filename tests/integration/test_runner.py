@@ -166,12 +166,16 @@ def test_short_failures_in_a_row_are_a_crash_loop(skyguard: SkyguardRunner, tmp_
 
 
 def test_fatal_line_stops_a_running_job(skyguard: SkyguardRunner) -> None:
-    line = "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970"
+    line = (
+        "[rank1]:[E626 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation "
+        "timeout: WorkNCCL(SeqNum=808, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600020 "
+        "milliseconds before timing out."
+    )
     result = skyguard.run(child("print-then-sleep", line), "--grace", "2")
     assert result.returncode == 75
     record = result.record
     assert (record["reason"], record["monitor"]) == ("nccl_error", "LogPatternMonitor")
-    assert "ProcessGroupNCCL.cpp:1970" in record["detail"]
+    assert "ProcessGroupNCCL.cpp:616" in record["detail"]
 
 
 def test_corrupt_record_at_start_is_replaced(skyguard: SkyguardRunner, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +308,31 @@ def test_setup_fails_with_one_clear_line(tmp_path: Path, installed: tuple[Path, 
     failed = setup(broken, venv)
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1].startswith("skyguard setup: ERROR: installing")
+
+
+def test_setup_exits_75_when_the_package_index_is_unreachable(tmp_path: Path) -> None:
+    """A transient install failure asks SkyPilot for a retry; a bad request stays final."""
+    src = copy_source(tmp_path / "src")
+    venv = tmp_path / "venv"
+    # No system site-packages: the install has to reach the index for its dependencies.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    with socket.socket() as unreachable:
+        # Bound but not listening: every connection is refused, and no one else gets the port.
+        unreachable.bind(("127.0.0.1", 0))
+        port = unreachable.getsockname()[1]
+        result = setup(
+            src,
+            venv,
+            PIP_CONFIG_FILE=os.devnull,
+            PIP_INDEX_URL=f"http://127.0.0.1:{port}/simple",
+            PIP_RETRIES="1",
+            PIP_TIMEOUT="5",
+        )
+    assert result.returncode == EXIT_RETRY, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("skyguard setup: ERROR: installing")
+    assert "transient" in result.stderr
+
+
+def test_setup_retry_code_is_the_recipe_retry_code() -> None:
+    script = (RECIPES / "setup.sh").read_text()
+    assert f"\nEXIT_RETRY={EXIT_RETRY}\n" in script

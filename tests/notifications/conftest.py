@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.notifications.notify_fakes import LoopbackServer, Reply, Validator
+from tests.notifications.notify_fakes import LoopbackServer, Reply, Script, Validator
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def serve() -> Iterator[Callable[..., LoopbackServer]]:
     started: list[LoopbackServer] = []
 
     def start(
-        replies: list[Reply] | None = None, validate: Validator | None = None
+        replies: list[Script] | None = None, validate: Validator | None = None
     ) -> LoopbackServer:
         server = LoopbackServer(replies or [Reply()], validate)
         started.append(server)
@@ -38,3 +38,9 @@ def webhook_token() -> str:
 @pytest.fixture
 def github_token() -> str:
     return "ghp_" + secrets.token_hex(18)
+
+
+@pytest.fixture
+def slack_token() -> str:
+    """The secret last part of a Slack webhook URL."""
+    return secrets.token_hex(12)

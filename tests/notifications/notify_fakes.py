@@ -11,11 +11,12 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from devops.skypilot.common.lifecycle import JobContext, Phase
 from devops.skypilot.common.termination import TerminationReason
@@ -49,10 +50,12 @@ class Request:
 
 
 Validator = Callable[[Request], Reply | None]
+#: A scripted answer: a fixed reply, or one made from the request (Discord's echoes the message).
+Script = Reply | Callable[[Request], Reply]
 
 
 class LoopbackServer:
-    def __init__(self, replies: list[Reply], validate: Validator | None = None) -> None:
+    def __init__(self, replies: list[Script], validate: Validator | None = None) -> None:
         self.replies = list(replies) or [Reply()]
         self.validate = validate
         self.requests: list[Request] = []
@@ -107,7 +110,8 @@ class LoopbackServer:
                 refused = self.validate(request)
                 if refused is not None:
                     return refused
-            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            script = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            return script if isinstance(script, Reply) else script(request)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -119,6 +123,37 @@ class LoopbackServer:
 # --- what the real APIs check -------------------------------------------------------------
 
 DISCORD_LIMITS = {"content": 2000, "title": 256, "description": 4096, "total": 6000}
+
+
+def query(request: Request) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(request.path).query)
+
+
+def discord_ok(request: Request) -> Reply:
+    """Discord's answer to a good webhook call: with ``?wait=true`` the stored message
+    (200), without it only ``204 No Content``, which does not say the message was stored."""
+    if query(request).get("wait") != ["true"]:
+        return Reply(204)
+    message = request.json
+    thread = query(request).get("thread_id", ["223344556677889900"])[0]
+    stored = {
+        "id": str(1_200_000_000_000_000_000 + len(request.body)),
+        "type": 0,
+        "channel_id": thread,
+        "webhook_id": "112233445566778899",
+        "content": message.get("content", ""),
+        "embeds": message.get("embeds", []),
+        "author": {"id": "112233445566778899", "username": message.get("username", "")},
+    }
+    return Reply(200, stored)
+
+
+def discord_forum_validate(request: Request) -> Reply | None:
+    """A forum channel's webhook: every message goes into a thread (a forum post)."""
+    if "thread_id" not in query(request):
+        message = "Webhooks posted to forum channels must have a thread_name or thread_id"
+        return Reply(400, {"code": 220001, "message": message})
+    return discord_validate(request)
 
 
 def discord_validate(request: Request) -> Reply | None:
@@ -156,20 +191,41 @@ def discord_validate(request: Request) -> Reply | None:
     return None
 
 
-def github_validator(token: str, repo: str = "octo/trainer") -> Validator:
-    """GitHub's statuses endpoint: 401 bad token, 404 other repo, 422 bad fields."""
+def github_validator(
+    token: str, repo: str = "octo/trainer", moved: Mapping[str, int] | None = None
+) -> Validator:
+    """GitHub's statuses endpoint: 401 bad token, 404 other repo, 422 bad fields (with
+    ``errors[]`` as GitHub sends them). ``moved`` maps an old ``owner/name`` to the
+    repository id it was renamed or transferred to: 301 to ``/repositories/<id>/...``."""
+
+    def invalid(field: str, message: str) -> Reply:
+        error = {"resource": "Status", "code": "custom", "field": field, "message": message}
+        return Reply(422, {"message": "Validation Failed", "errors": [error], "status": "422"})
 
     def validate(request: Request) -> Reply | None:
         if request.headers.get("Authorization") != f"Bearer {token}":
             return Reply(401, {"message": "Bad credentials", "status": "401"})
         # GitHub Enterprise serves the same API under /api/v3.
-        if not re.fullmatch(rf"(/api/v3)?/repos/{repo}/statuses/[0-9a-f]{{40}}", request.path):
+        match = re.fullmatch(
+            r"(/api/v3)?/repos/([^/]+/[^/]+)/statuses/([0-9a-f]{40})", request.path
+        )
+        if match and moved and match.group(2) in moved:
+            new = f"{match.group(1) or ''}/repositories/{moved[match.group(2)]}/statuses/"
+            location = f"http://{request.headers['Host']}{new}{match.group(3)}"
+            body = {"message": "Moved Permanently", "url": location}
+            return Reply(301, body, {"Location": location})
+        renamed = re.fullmatch(r"(/api/v3)?/repositories/(\d+)/statuses/[0-9a-f]{40}", request.path)
+        if not (match and match.group(2) == repo) and not (
+            renamed and moved and int(renamed.group(2)) in moved.values()
+        ):
             return Reply(404, {"message": "Not Found"})
         body = request.json
         if body.get("state") not in {"pending", "success", "failure", "error"}:
-            return Reply(422, {"message": "Validation Failed: state"})
+            return invalid("state", "state is not included in the list")
         if len(body.get("description", "")) > 140:
-            return Reply(422, {"message": "Validation Failed: description"})
+            return invalid("description", "description is too long (maximum is 140 characters)")
+        if len(body.get("context", "")) > 255:
+            return invalid("context", "context is too long (maximum is 255 characters)")
         return None
 
     return validate

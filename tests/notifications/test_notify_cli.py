@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,13 +13,21 @@ from pathlib import Path
 import pytest
 
 from notifications import cli
-from tests.notifications.notify_fakes import LoopbackServer, Reply, github_validator, webhook_url
+from tests.notifications import slack_fake
+from tests.notifications.notify_fakes import (
+    LoopbackServer,
+    Reply,
+    discord_ok,
+    github_validator,
+    webhook_url,
+)
 
 Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
 ROOT = Path(__file__).resolve().parents[2]
 SKYGUARD_ENV = (
     "SKYGUARD_DISCORD_WEBHOOK_URL",
+    "SKYGUARD_SLACK_WEBHOOK_URL",
     "GITHUB_TOKEN",
     "SKYGUARD_GITHUB_TOKEN",
     "SKYGUARD_GITHUB_REPO",
@@ -44,11 +53,13 @@ def test_sends_a_test_event_and_reports_each_channel(
     serve: Serve,
     webhook_token: str,
     github_token: str,
+    slack_token: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    chat = serve([Reply(204)])
+    chat = serve([discord_ok])
+    slack = serve([slack_fake.OK], slack_fake.slack_validator(slack_token))
     status = serve([Reply(201, {"id": 1})], github_validator(github_token))
     config = tmp_path / "skyguard.toml"
     config.write_text(
@@ -56,16 +67,19 @@ def test_sends_a_test_event_and_reports_each_channel(
         f'github_api_url = "{status.url}"\ndeadline = "5s"\n'
     )
     monkeypatch.setenv("SKYGUARD_DISCORD_WEBHOOK_URL", webhook_url(chat, webhook_token))
+    monkeypatch.setenv("SKYGUARD_SLACK_WEBHOOK_URL", slack_fake.webhook_url(slack, slack_token))
     monkeypatch.setenv("GITHUB_TOKEN", github_token)
     monkeypatch.setenv("SKYGUARD_GIT_COMMIT", SHA)
     assert run("--test", "--config", str(config), "--job-name", "llm") == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0] == "discord: sent: HTTP 204"
-    assert lines[1] == f"github: sent: success on {SHA[:12]} (skyguard/llm/test)"
-    assert lines[2].startswith("wandb: skipped: ")
-    assert len(lines) == 3 and err == ""
+    assert re.fullmatch(r"discord: sent: message \d+", lines[0]), lines[0]
+    assert lines[1] == "slack: sent: HTTP 200 ok"
+    assert lines[2] == f"github: sent: success on {SHA[:12]} (skyguard/llm/test)"
+    assert lines[3].startswith("wandb: skipped: ")
+    assert len(lines) == 4 and err == ""
     assert "[test]" in chat.requests[0].json["embeds"][0]["title"]
+    assert "[test]" in slack.requests[0].json["blocks"][0]["text"]["text"]
 
 
 def test_a_failing_channel_exits_1(
@@ -91,7 +105,8 @@ def test_channels_left_out_are_reported(
     assert run("--test") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "discord: skipped: not in channels"
-    assert out[1].startswith("github: skipped: no token")
+    assert out[1] == "slack: skipped: not in channels"
+    assert out[2].startswith("github: skipped: no token")
 
 
 @pytest.mark.parametrize(

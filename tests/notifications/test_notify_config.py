@@ -13,7 +13,8 @@ import pytest
 from notifications.channels.discord import DiscordNotifier
 from notifications.channels.github import GitHubNotifier
 from notifications.channels.wandb import WandbNotifier
-from notifications.config import KEYS, ConfigError, NotificationConfig
+from notifications.config import ConfigError, NotificationConfig
+from notifications.config_keys import KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,10 +33,10 @@ def build(section: dict[str, Any] | None = None, **env: str) -> NotificationConf
 
 def test_defaults() -> None:
     config = build()
-    assert config.enabled and config.channels == {"discord", "github", "wandb"}
+    assert config.enabled and config.channels == {"discord", "slack", "github", "wandb"}
     assert config.deadline == 20.0 and config.retry.tries == 3
     assert config.github.api_url == "https://api.github.com"
-    assert [n.name for n in config.notifiers()] == ["discord", "github", "wandb"]
+    assert [n.name for n in config.notifiers()] == ["discord", "slack", "github", "wandb"]
     assert not any(n.enabled for n in config.notifiers() if n.name != "wandb")
 
 
@@ -83,6 +84,7 @@ def test_credentials_and_links_come_from_the_environment() -> None:
     config = build(
         {"github_repo": "octo/trainer", "dashboard_url": "https://sky.example/jobs/{job_id}"},
         SKYGUARD_DISCORD_WEBHOOK_URL=WEBHOOK,
+        SKYGUARD_SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0/B0/slacktoken012345",
         GITHUB_TOKEN=TOKEN,
         GITHUB_SHA="ABCDEF0123456",
         SKYPILOT_MANAGED_JOB_ID="42",
@@ -119,8 +121,10 @@ def test_disabled_builds_no_notifiers() -> None:
         ({"deadline": "soon"}, {}, "notifications.deadline: expected a duration"),
         ({}, {"SKYGUARD_NOTIFY_DEADLINE": "-3"}, "SKYGUARD_NOTIFY_DEADLINE: expected a duration"),
         ({"deadline": 0}, {}, "notifications.deadline: must be more than 0"),
+        ({"deadline": float("nan")}, {}, "notifications.deadline: expected a finite duration"),
+        ({"read_timeout": float("inf")}, {}, "read_timeout: expected a finite duration"),
         ({"tries": 0}, {}, "notifications.tries: expected a whole number"),
-        ({"channels": ["discord", "slack"]}, {}, "unknown channel slack"),
+        ({"channels": ["discord", "teams"]}, {}, "unknown channel teams"),
         ({"enabled": "maybe"}, {}, "notifications.enabled: expected true or false"),
         ({"github_repo": "no-slash"}, {}, "notifications.github_repo: expected owner/name"),
         ({"github_api_url": "api.github.com"}, {}, "expected an http(s) URL"),
@@ -168,7 +172,7 @@ def test_repr_and_describe_never_show_secrets() -> None:
 
 def test_wandb_is_built_from_its_own_variables(tmp_path: Any) -> None:
     config = build(WANDB_RUN_ID="r1", WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
-    wandb = config.notifiers()[2]
+    wandb = config.notifiers()[-1]
     assert isinstance(wandb, WandbNotifier)
     assert wandb.settings.offline and wandb.settings.directory == tmp_path
 

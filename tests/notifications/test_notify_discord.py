@@ -28,6 +28,7 @@ from tests.notifications.notify_fakes import (
     RecordedSleep,
     Reply,
     Request,
+    discord_ok,
     discord_validate,
     make_event,
     webhook_url,
@@ -114,19 +115,36 @@ def test_every_phase_has_its_own_colour() -> None:
     assert len(set(PHASE_COLOURS.values())) == len(Phase)
 
 
-@pytest.mark.parametrize("status", [200, 204])
-def test_healthy_webhook_is_sent(serve: Serve, webhook_token: str, status: int) -> None:
-    server = serve([Reply(status, {"id": "1"} if status == 200 else None)], discord_validate)
+def test_the_stored_message_counts_as_sent(serve: Serve, webhook_token: str) -> None:
+    server = serve([discord_ok], discord_validate)
     delivery = notifier(server, webhook_token).send(make_event())
     assert delivery.status is DeliveryStatus.SENT, delivery
     (request,) = server.requests
-    assert request.path.endswith(webhook_token)
+    path, _, query = request.path.partition("?")
+    assert path.endswith(webhook_token) and query == "wait=true"
     assert request.json["embeds"][0]["color"] == PHASE_COLOURS[Phase.FAILED]
+    assert re.fullmatch(r"message \d+", delivery.detail)
 
 
-def test_malformed_json_on_success_is_still_sent(serve: Serve, webhook_token: str) -> None:
-    server = serve([Reply(200, b"{not json", {"Content-Type": "application/json"})])
-    assert notifier(server, webhook_token).send(make_event()).ok
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(204),
+        Reply(200, b"{not json", {"Content-Type": "application/json"}),
+        Reply(200, {"code": 0}),
+    ],
+)
+def test_an_answer_without_the_message_is_not_counted_as_sent(
+    serve: Serve, webhook_token: str, reply: Reply
+) -> None:
+    """A 204 (or a 200 without a message) does not prove Discord stored the message."""
+    server = serve([reply])
+    (delivery,) = Orchestrator([notifier(server, webhook_token)], sleep=RecordedSleep()).deliver(
+        make_event()
+    )
+    assert delivery.status is DeliveryStatus.FAILED
+    assert delivery.detail.endswith("without the stored message: not known to be sent")
+    assert len(server.requests) == 1
 
 
 def test_bad_request_is_final_and_reported(serve: Serve, webhook_token: str) -> None:
@@ -144,7 +162,7 @@ def test_429_waits_the_json_retry_after(serve: Serve, webhook_token: str) -> Non
         {"message": "You are being rate limited.", "retry_after": 0.25, "global": False},
         {"Retry-After": "1"},
     )
-    server = serve([limited, Reply(204)])
+    server = serve([limited, discord_ok])
     sleep = RecordedSleep()
     (delivery,) = Orchestrator([notifier(server, webhook_token)], sleep=sleep).deliver(make_event())
     assert delivery.ok and delivery.attempts == 2
@@ -152,7 +170,7 @@ def test_429_waits_the_json_retry_after(serve: Serve, webhook_token: str) -> Non
 
 
 def test_429_with_malformed_json_falls_back_to_the_header(serve: Serve, webhook_token: str) -> None:
-    server = serve([Reply(429, b"<html>rate limited</html>", {"Retry-After": "1"}), Reply(204)])
+    server = serve([Reply(429, b"<html>rate limited</html>", {"Retry-After": "1"}), discord_ok])
     sleep = RecordedSleep()
     (delivery,) = Orchestrator([notifier(server, webhook_token)], sleep=sleep).deliver(make_event())
     assert delivery.ok and sleep.waits == [1.0]
@@ -160,7 +178,7 @@ def test_429_with_malformed_json_falls_back_to_the_header(serve: Serve, webhook_
 
 def test_429_retry_after_is_really_waited(serve: Serve, webhook_token: str) -> None:
     """With the real sleep, the second try arrives no sooner than retry_after."""
-    server = serve([Reply(429, {"retry_after": 0.3, "global": False}), Reply(204)])
+    server = serve([Reply(429, {"retry_after": 0.3, "global": False}), discord_ok])
     (delivery,) = Orchestrator([notifier(server, webhook_token)]).deliver(make_event())
     assert delivery.ok
     first, second = server.requests

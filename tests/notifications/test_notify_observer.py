@@ -21,6 +21,7 @@ from notifications.observer import NotificationObserver
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     Reply,
+    discord_ok,
     github_validator,
     job_context,
     webhook_url,
@@ -51,7 +52,7 @@ def end(reason: TerminationReason, detail: str = "", duration: float = 90.0) -> 
 def channels(
     serve: Serve, webhook_token: str, github_token: str
 ) -> tuple[LoopbackServer, LoopbackServer, dict[str, str]]:
-    chat = serve([Reply(204)])
+    chat = serve([discord_ok])
     status = serve([Reply(201, {"id": 1})], github_validator(github_token))
     env = {
         "SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(chat, webhook_token),
@@ -177,6 +178,7 @@ def test_dead_endpoints_cost_about_the_deadline_and_change_nothing(
     assert dataclasses.asdict(termination) == before and termination.exit_code == 3
     assert {d.channel: d.status.value for d in observer.last_deliveries} == {
         "discord": "failed",
+        "slack": "skipped",
         "github": "failed",
         "wandb": "skipped",
     }

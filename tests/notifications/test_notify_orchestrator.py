@@ -21,23 +21,24 @@ from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Links
 from notifications.orchestrator import (
     LEVEL_CHANNELS,
     ROUTES,
-    STATE_FILE,
     Orchestrator,
     RetrySettings,
     route,
 )
 from notifications.secrets import Secret
+from notifications.sentlog import STATE_FILE
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,
     Reply,
+    discord_ok,
     make_event,
     webhook_url,
 )
 
 Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
-CHANNELS = {"discord", "github", "wandb"}
+CHANNELS = {"discord", "slack", "github", "wandb"}
 
 
 def discord(server: LoopbackServer, token: str, read: float = 5.0) -> DiscordNotifier:
@@ -144,7 +145,7 @@ def test_a_retry_after_beyond_the_deadline_gives_up_at_once(
         make_event()
     )
     assert delivery.status is DeliveryStatus.FAILED
-    assert "no time left" in delivery.detail
+    assert "asked to wait 60s, past the deadline" in delivery.detail
     assert sleep.waits == [] and len(server.requests) == 1
 
 
@@ -213,7 +214,7 @@ def test_a_channel_that_ignores_the_deadline_is_abandoned_at_the_deadline(
 def test_dedup_holds_across_a_runner_restart(
     serve: Serve, webhook_token: str, tmp_path: Path
 ) -> None:
-    server = serve([Reply(204)])
+    server = serve([discord_ok])
     event = make_event()
     first = Orchestrator([discord(server, webhook_token)]).notify(event, state_dir=tmp_path)
     assert [d.status for d in first] == [DeliveryStatus.SENT]
@@ -256,7 +257,7 @@ def test_an_unreadable_state_file_does_not_stop_notifications(
     serve: Serve, webhook_token: str, tmp_path: Path
 ) -> None:
     (tmp_path / STATE_FILE).write_text("{half a json")
-    server = serve([Reply(204)])
+    server = serve([discord_ok])
     (delivery,) = Orchestrator([discord(server, webhook_token)]).notify(
         make_event(), state_dir=tmp_path
     )
@@ -265,7 +266,7 @@ def test_an_unreadable_state_file_does_not_stop_notifications(
 
 
 def test_only_node_rank_zero_sends(serve: Serve, webhook_token: str, tmp_path: Path) -> None:
-    server = serve([Reply(204)])
+    server = serve([discord_ok])
     deliveries = Orchestrator([discord(server, webhook_token)]).notify(
         make_event(), node_rank=1, state_dir=tmp_path
     )
@@ -275,7 +276,7 @@ def test_only_node_rank_zero_sends(serve: Serve, webhook_token: str, tmp_path: P
 
 
 def test_start_goes_to_github_only(serve: Serve, webhook_token: str) -> None:
-    chat, status = serve([Reply(204)]), serve([Reply(201, {"id": 1})])
+    chat, status = serve([discord_ok]), serve([Reply(201, {"id": 1})])
     deliveries = Orchestrator([discord(chat, webhook_token), github(status)]).notify(
         make_event(phase=Phase.STARTED, reason=None, links=Links(git_commit=SHA))
     )
@@ -301,7 +302,7 @@ def test_a_failed_delivery_is_logged_as_failed_never_as_sent(
 def test_detail_quoting_another_channels_secret_is_scrubbed(
     serve: Serve, webhook_token: str
 ) -> None:
-    chat = serve([Reply(204)])
+    chat = serve([discord_ok])
     status = serve([Reply(201, {"id": 1})])
     token = "ghp_" + "k" * 36
     event = make_event(detail=f"crash while using {token}", links=Links(git_commit=SHA))

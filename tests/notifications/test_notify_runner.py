@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.notifications.notify_fakes import LoopbackServer, Reply, github_validator, webhook_url
+from tests.notifications.notify_fakes import (
+    LoopbackServer,
+    Reply,
+    discord_ok,
+    github_validator,
+    webhook_url,
+)
 
 Serve = Callable[..., LoopbackServer]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -78,7 +84,7 @@ def test_failing_endpoints_leave_the_exit_code_alone(
 def test_a_cancelled_runner_announces_it_within_the_grace_period(
     skyguard: SkyguardRunner, serve: Serve, webhook_token: str, github_token: str, tmp_path: Path
 ) -> None:
-    chat = serve([Reply(204)])
+    chat = serve([discord_ok])
     status = serve([Reply(201, {"id": 1})], github_validator(github_token))
     env = {
         "SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(chat, webhook_token),

@@ -23,6 +23,7 @@ from tests.notifications.notify_fakes import (
     LoopbackServer,
     RecordedSleep,
     Reply,
+    discord_ok,
     github_validator,
     job_context,
     make_event,
@@ -61,8 +62,8 @@ def test_failures_of_every_kind_leak_nothing(
     servers = [
         serve([Reply(500, {"message": "boom"})]),
         serve([Reply(401, {"message": "Invalid Webhook Token", "code": 50027})]),
-        serve([Reply(429, {"retry_after": 0.01, "global": False}), Reply(204)]),
-        serve([Reply(204)]),
+        serve([Reply(429, {"retry_after": 0.01, "global": False}), discord_ok]),
+        serve([discord_ok]),
         serve([Reply(hang=True)]),
     ]
     urls = [webhook_url(server, webhook_token) for server in servers]
@@ -168,7 +169,12 @@ def test_the_observer_leaks_nothing_into_logs_or_the_state_dir(
         ),
     )
     statuses = {d.channel: d.status.value for d in observer.last_deliveries}
-    assert statuses == {"discord": "failed", "github": "skipped", "wandb": "skipped"}
+    assert statuses == {
+        "discord": "failed",
+        "slack": "skipped",
+        "github": "skipped",
+        "wandb": "skipped",
+    }
     assert_nowhere(
         [webhook_token],
         caplog.text,

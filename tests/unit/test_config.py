@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.common.values import ConfigError, parse_duration
+from devops.skypilot.common.values import ConfigError, parse_count, parse_duration, parse_rate
 from devops.skypilot.node.config import OPTIONS, add_run_arguments, build_config
 
 
@@ -29,10 +29,69 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["-5", "5x", "", "s", "1h30m", "abc", -1, True])
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-5",
+        "5x",
+        "",
+        "s",
+        "1h30m",
+        "abc",
+        -1,
+        True,
+        "nan",
+        "inf",
+        NAN,
+        INF,
+        -INF,
+        1e300,
+        "9999999d",
+    ],
+)
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, 2.5, True, "nan", "1e400", "x"])
+def test_bad_counts(value: object) -> None:
+    with pytest.raises(ConfigError, match="not a whole number"):
+        parse_count(value)  # type: ignore[arg-type]
+
+
+def test_a_whole_toml_float_is_a_count() -> None:
+    assert parse_count(3.0) == 3 and parse_count("3") == 3
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", NAN, INF, True, "fast"])
+def test_bad_rates(value: object) -> None:
+    with pytest.raises(ConfigError, match="not a"):
+        parse_rate(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("grace = nan", "[run] grace: not a finite number: nan"),
+        ("heartbeat_timeout = inf", "[run] heartbeat_timeout: not a finite number: inf"),
+        ("max_runtime = -inf", "[run] max_runtime: not a finite number"),
+        ("preflight_min_busbw = nan", "[run] preflight_min_busbw: not a finite number"),
+        ("max_retries = inf", "[run] max_retries: not a whole number"),
+        ("master_port = nan", "[run] master_port: not a whole number"),
+    ],
+)
+def test_non_finite_numbers_in_the_file_are_config_errors(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(f"[run]\n{toml}\n")
+    with pytest.raises(ConfigError) as error:
+        parse(["--config", str(config_file), "--", "true"])
+    assert message in str(error.value)
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -151,6 +210,9 @@ def test_skypilot_env_gives_rank_and_job_name() -> None:
             "SKYGUARD_HEARTBEAT_TIMEOUT: not a duration",
         ),
         (["--max-retries", "x", "--", "true"], {}, "--max-retries: not a whole number"),
+        (["--preflight-min-busbw", "nan", "--", "true"], {}, "not a finite number: 'nan'"),
+        (["--", "true"], {"SKYGUARD_PREFLIGHT_MIN_BUSBW": "inf"}, "not a finite number: 'inf'"),
+        (["--", "true"], {"SKYGUARD_GRACE": "nan"}, "SKYGUARD_GRACE: not a duration: 'nan'"),
         (["--", "definitely-not-a-command-xyz"], {}, "command not found on PATH"),
         (["--", "/nonexistent/train"], {}, "command not found: /nonexistent/train"),
         (["--startup-grace", "5", "--", "true"], {}, "--startup-grace needs --heartbeat-timeout"),

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from devops.skypilot.common.termination import TerminationReason
-from devops.skypilot.common.values import ConfigError
 from devops.skypilot.heartbeat import Heartbeat
 from devops.skypilot.node.monitors import MONITOR_FACTORIES, build_monitors
 from devops.skypilot.node.monitors.heartbeat import HeartbeatMonitor
-from devops.skypilot.node.monitors.log_patterns import (
-    DEFAULT_PATTERNS,
-    LogPatternMonitor,
-    patterns_from_config,
-)
 from devops.skypilot.node.monitors.runtime import MaxRuntimeMonitor
 
 R = TerminationReason
@@ -83,66 +77,6 @@ def test_max_runtime_counts_earlier_attempts() -> None:
     assert "70s in earlier attempts + 30s in this one" in verdict.detail
 
 
-@pytest.mark.parametrize(
-    ("line", "reason"),
-    [
-        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB", R.CUDA_ERROR),
-        ("RuntimeError: CUDA error: an illegal memory access was encountered", R.CUDA_ERROR),
-        ("NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.", R.CUDA_ERROR),
-        (
-            "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970",
-            R.NCCL_ERROR,
-        ),
-        ("ncclInternalError: Internal check failed.", R.NCCL_ERROR),
-        ("[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5)", R.NCCL_ERROR),
-        ("step 10 loss 0.25", None),
-        ("Xidian University dataset", None),
-    ],
-)
-def test_default_log_patterns(line: str, reason: TerminationReason | None) -> None:
-    monitor = LogPatternMonitor()
-    monitor.observe_line(line)
-    verdict = monitor.check(0.0)
-    assert (verdict.reason if verdict else None) is reason
-    if verdict:
-        assert line.strip() in verdict.detail
-
-
-def test_first_match_wins_and_detail_is_bounded() -> None:
-    monitor = LogPatternMonitor()
-    monitor.observe_line("NCCL error " + "x" * 10_000)
-    monitor.observe_line("CUDA out of memory")
-    verdict = monitor.explain()
-    assert verdict is not None and verdict.reason is R.NCCL_ERROR
-    assert len(verdict.detail) < 600
-
-
-def test_configured_patterns_come_first() -> None:
-    section = {
-        "defaults": True,
-        "match": [{"pattern": "DataLoader worker .* killed", "reason": "job_failed"}],
-    }
-    patterns = patterns_from_config(section)
-    assert len(patterns) == len(DEFAULT_PATTERNS) + 1
-    assert patterns[0].reason is R.JOB_FAILED
-    assert patterns_from_config({"defaults": False, "match": []}) == ()
-
-
-@pytest.mark.parametrize(
-    ("section", "message"),
-    [
-        ({"match": [{"pattern": "("}]}, "reason must be one of"),
-        ({"match": [{"pattern": "(", "reason": "cuda_error"}]}, "bad regular expression"),
-        ({"match": [{"reason": "cuda_error"}]}, "needs a string `pattern`"),
-        ({"match": {"pattern": "x"}}, "must be an array"),
-        ({"defaults": "yes"}, "true or false"),
-    ],
-)
-def test_bad_pattern_config(section: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        patterns_from_config(section)
-
-
 def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
     import argparse
 
@@ -159,38 +93,3 @@ def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
     names = [m.name for m in build_monitors(MonitorSetup(full, 0))]
     assert names == ["HeartbeatMonitor", "MaxRuntimeMonitor", "LogPatternMonitor"]
     assert len(MONITOR_FACTORIES) == 4  # + GpuMonitor, off without NVML
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "[rank1]:[E1123 12:00:00 ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught collective "
-        "operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for 600000 milliseconds "
-        "before timing out.",
-        "[rank1]:[E1123 ProcessGroupNCCL.cpp:1834] [PG 0 Rank 1]  failure detected by watchdog "
-        "at work sequence id: 7",
-    ],
-)
-def test_watchdog_lines_name_the_flight_recorder_dump(line: str) -> None:
-    env = {"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/state/nccl-trace/rank_"}
-    monitor = LogPatternMonitor(env=env)
-    monitor.observe_line(line)
-    verdict = monitor.check(0.0)
-    assert verdict is not None and verdict.reason is R.NCCL_ERROR
-    assert "(flight recorder dump: /state/nccl-trace/rank_1)" in verdict.detail
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA",
-        "Heartbeat monitor timed out! Process will be terminated after dumping debug info.",
-        "ProcessGroupNCCL's watchdog got stuck for 480 seconds without making progress",
-    ],
-)
-def test_other_watchdog_lines(line: str) -> None:
-    monitor = LogPatternMonitor()
-    monitor.observe_line(line)
-    verdict = monitor.check(0.0)
-    assert verdict is not None and verdict.reason is R.NCCL_ERROR
-    assert "flight recorder" not in verdict.detail  # no rank, no guess

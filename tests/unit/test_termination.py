@@ -188,3 +188,21 @@ def test_termination_round_trips_through_json() -> None:
         Termination.from_json({**data, "reason": "nonsense"})
     with pytest.raises(ValueError):
         Termination.from_json({k: v for k, v in data.items() if k != "attempt"})
+
+
+def test_every_record_field_is_checked_when_read_back() -> None:
+    import dataclasses
+
+    from devops.skypilot.common.termination import RECORD_FIELDS, Termination
+
+    assert {*RECORD_FIELDS, "forensics"} == {f.name for f in dataclasses.fields(Termination)}
+    record = Termination(R.COMPLETED, 0, 0, None, "d", "", 1, "s", "e", 1.5, 0, "t")
+    assert Termination.from_json(record.to_json()) == record
+    assert Termination.from_json({**record.to_json(), "duration": 2}).duration == 2.0
+
+
+def test_a_lost_record_spends_the_retry_budget() -> None:
+    lost = summaries((R.RECORD_LOST, 0.0), (R.RECORD_LOST, 0.0))
+    hang = Outcome(143, Verdict(R.HEARTBEAT_TIMEOUT, "hang"), duration=LONG)
+    assert decide(hang, lost, RetryPolicy(max_retries=2, crash_loop_window=0)).exit_code == 125
+    assert decide(hang, lost, RetryPolicy(max_retries=3, crash_loop_window=0)).exit_code == 75

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from devops.skypilot.common import fields
+from devops.skypilot.common.fields import checked
+from devops.skypilot.common.forensics import Forensics
+
 EXIT_SUCCESS = 0
 EXIT_CONFIG_ERROR = 2
 EXIT_RETRY = 75
@@ -62,6 +66,10 @@ class TerminationReason(str, Enum):
     """Another node of the job decided to stop (its reason is in the detail)."""
     CONFIG_ERROR = "config_error"
     """The runner's own configuration was bad; nothing was started."""
+    RECORD_LOST = "record_lost"
+    """Only in the history: an earlier attempt whose record was unreadable and set
+    aside. It counts as a retryable end that spent the budget, so a state dir that
+    keeps getting corrupted cannot reset the count and retry forever."""
 
     @property
     def retryable(self) -> bool:
@@ -99,6 +107,7 @@ REASON_POLICY: Mapping[TerminationReason, ReasonPolicy] = {
     TerminationReason.CUDA_ERROR: ReasonPolicy(retryable=True, exit_code=None),
     TerminationReason.PEER_FAILED: ReasonPolicy(retryable=True, exit_code=None),
     TerminationReason.CONFIG_ERROR: ReasonPolicy(retryable=False, exit_code=EXIT_CONFIG_ERROR),
+    TerminationReason.RECORD_LOST: ReasonPolicy(retryable=True, exit_code=None),
 }
 
 
@@ -113,6 +122,8 @@ class Verdict:
     #: An exit code the verdict imposes: a peer node's final code, so that every
     #: node of a job ends alike and SkyPilot does not restart a job one node gave up on.
     exit_code: int | None = None
+    #: Ranks the verdict blames (the ones that stopped beating first), if it knows.
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,22 +311,45 @@ class Termination:
     duration: float
     node_rank: int
     task_id: str
+    #: Where a hung job's processes were, captured before the stop; None otherwise
+    #: (and in records written before forensics existed).
+    forensics: Forensics | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["reason"] = self.reason.value
+        data["forensics"] = self.forensics.to_json() if self.forensics else None
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Termination:
-        """Build a record from JSON; raises ValueError/KeyError/TypeError on bad data."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - data.keys()
-        if missing:
-            raise ValueError(f"missing fields: {', '.join(sorted(missing))}")
-        values = {name: data[name] for name in fields}
+    def from_json(cls, data: Any) -> Termination:
+        """Build a record from JSON, every field checked; ValueError names a bad one."""
+        values = checked(data, RECORD_FIELDS, {"forensics": fields.optional(fields.OBJECT)})
         values["reason"] = TerminationReason(values["reason"])
+        values["duration"] = float(values["duration"])
+        raw = values.get("forensics")
+        try:
+            values["forensics"] = None if raw is None else Forensics.from_json(raw)
+        except ValueError as error:
+            raise ValueError(f"forensics: {error}") from None
         return cls(**values)
 
     def summary(self) -> AttemptSummary:
         return AttemptSummary(self.reason, self.duration)
+
+
+#: What each field of a :class:`Termination` must be when read back from JSON.
+RECORD_FIELDS: Mapping[str, fields.Kind] = {
+    "reason": fields.one_of(reason.value for reason in TerminationReason),
+    "exit_code": fields.EXIT_CODE,
+    "child_exit_code": fields.optional(fields.EXIT_CODE),
+    "signal": fields.optional(fields.TEXT),
+    "detail": fields.TEXT,
+    "monitor": fields.TEXT,
+    "attempt": fields.ATTEMPT,
+    "started_at": fields.TEXT,
+    "ended_at": fields.TEXT,
+    "duration": fields.SECONDS,
+    "node_rank": fields.COUNT,
+    "task_id": fields.TEXT,
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +66,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _regex(value: Any) -> str:
+    try:
+        re.compile(str(value))
+    except re.error as error:
+        raise ConfigError(f"not a valid regular expression: {error}") from None
+    return str(value)
+
+
 #: The runner's options, in the order ``--help`` shows them. README's
 #: configuration reference is generated from this table.
 OPTIONS: tuple[Option, ...] = (
@@ -96,6 +105,13 @@ OPTIONS: tuple[Option, ...] = (
         "heartbeat_timeout", parse_duration, 0.0, "hang = no beat for this long; 0 = off", "DUR"
     ),
     Option(
+        "progress_pattern",
+        _regex,
+        None,
+        "an output line matching this regex counts as a heartbeat (no code change)",
+        "REGEX",
+    ),
+    Option(
         "startup_grace",
         parse_duration,
         0.0,
@@ -110,6 +126,13 @@ OPTIONS: tuple[Option, ...] = (
         "DUR",
     ),
     Option("grace", parse_duration, 30.0, "SIGTERM, wait this long, then SIGKILL the tree", "DUR"),
+    Option(
+        "forensics_timeout",
+        parse_duration,
+        3.0,
+        "on a hang, capture every process's stack for at most this long before SIGTERM; 0 = off",
+        "DUR",
+    ),
     Option(
         "max_retries", parse_count, 3, "retryable ends allowed before giving up (exit 125)", "N"
     ),
@@ -212,6 +235,8 @@ class RunConfig:
     coord_port: int = 29411
     coord_timeout: float = 30.0
     gpu_idle_timeout: float = 0.0
+    forensics_timeout: float = 3.0
+    progress_pattern: str | None = None
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -380,8 +405,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         dry_run=bool(flags.get("dry_run")),
         **plain,
     )
-    if config.startup_grace and not config.heartbeat_timeout:
-        raise ConfigError("--startup-grace needs --heartbeat-timeout")
+    for needy in ("startup_grace", "progress_pattern"):
+        if getattr(config, needy) and not config.heartbeat_timeout:
+            raise ConfigError(f"--{needy.replace('_', '-')} needs --heartbeat-timeout")
     if config.node_rank >= config.num_nodes:
         raise ConfigError(
             f"SKYPILOT_NODE_RANK={config.node_rank} but SKYPILOT_NUM_NODES={config.num_nodes}"

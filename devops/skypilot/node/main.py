@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from devops.skypilot.common.console import say
 from devops.skypilot.common.lifecycle import RunObserver
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_SUCCESS, Verdict
 from devops.skypilot.common.values import ConfigError
@@ -27,7 +27,9 @@ from devops.skypilot.node.environment import (
     torchrun_command,
 )
 from devops.skypilot.node.monitors.base import Monitor
-from devops.skypilot.node.runner import Runner, RunnerExtensions, prepare_state_dir
+from devops.skypilot.node.runner import Preflight, Runner, RunnerExtensions
+from devops.skypilot.node.signals import SignalWaker
+from devops.skypilot.node.state_checks import prepare_state_dir
 
 
 def skypilot_env(env: Mapping[str, str]) -> SkyPilotEnv:
@@ -109,8 +111,8 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
     )
 
 
-def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
-    def preflight() -> Verdict | None:
+def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
+    def preflight(stop: Callable[[], bool]) -> Verdict | None:
         from devops.skypilot.node.nccl import preflight as nccl
         from devops.skypilot.node.nccl.results import PreflightOptions
 
@@ -119,7 +121,7 @@ def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Any:
             min_busbw_gbps=config.preflight_min_busbw,
             json_path=config.state_dir / nccl.RESULT_FILE,
         )
-        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1)
+        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1, stop=stop)
         return result.verdict()
 
     return preflight
@@ -131,15 +133,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Build the config, run one attempt, return its exit code."""
-    try:
-        config = build_config(args, os.environ)
-        sky = skypilot_env(os.environ)
-        config = resolve_command(config, sky)
-        if config.dry_run:
-            print(json.dumps(describe(config, os.environ), indent=2))
-            return EXIT_SUCCESS
-        prepare_state_dir(config)  # before the extensions write there
-        return Runner(config, build_extensions(config, sky)).run().exit_code
-    except ConfigError as error:
-        print(f"skyguard: error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    # From the first line to the last: a signal during start-up (extensions, the
+    # port bind) or the ending (notifications, the coordination linger) is recorded
+    # and weighed by the runner; it never kills the runner with 143/129 or a traceback.
+    with SignalWaker() as waker:
+        try:
+            config = build_config(args, os.environ)
+            sky = skypilot_env(os.environ)
+            config = resolve_command(config, sky)
+            if config.dry_run:
+                print(json.dumps(describe(config, os.environ), indent=2))
+                return EXIT_SUCCESS
+            prepare_state_dir(config)  # before the extensions write there
+            return Runner(config, build_extensions(config, sky), waker).run().exit_code
+        except ConfigError as error:
+            say(f"skyguard: error: {error}")
+            return EXIT_CONFIG_ERROR

@@ -1,4 +1,6 @@
-"""The supervised command: its own session, its output teed, its whole tree stopped.
+"""The supervised command: its own session, its whole tree stopped.
+
+Its output is copied by :mod:`devops.skypilot.node.output`.
 
 The runner becomes a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``), so a
 double-forked daemon of the command is re-parented to the runner instead of
@@ -16,29 +18,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, BinaryIO
 
 import psutil
 
+from devops.skypilot.node.output import LineSink, OutputCopy
 from devops.skypilot.node.signals import SignalWaker
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
-_READ_SIZE = 65536
-#: A "line" longer than this is cut and classified in pieces, so a command
-#: that prints without newlines cannot make the runner buffer without bound.
-_MAX_LINE = 65536
-#: How long to wait for the output pipes to drain after the tree is gone.
-_DRAIN_TIMEOUT = 2.0
 #: SIGKILL is not ignorable, but a fork bomb keeps making new targets.
 _KILL_ROUNDS_TIMEOUT = 10.0
-
-LineSink = Callable[[str], None]
 
 
 def become_subreaper() -> bool:
@@ -49,59 +42,15 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-class _Tee(threading.Thread):
-    """Copies one output stream of the command to ours and to the log file."""
-
-    def __init__(
-        self,
-        source: IO[bytes],
-        target_fd: int,
-        log: BinaryIO,
-        log_lock: threading.Lock,
-        sink: LineSink,
-    ) -> None:
-        super().__init__(name=f"skyguard-tee-{target_fd}", daemon=True)
-        self._source_fd = source.fileno()
-        self._source = source
-        self._target_fd = target_fd
-        self._log = log
-        self._log_lock = log_lock
-        self._sink = sink
-        self._target_open = True
-
-    def run(self) -> None:
-        pending = b""
-        try:
-            while chunk := os.read(self._source_fd, _READ_SIZE):
-                self._forward(chunk)
-                pending = self._classify(pending + chunk)
-            if pending:
-                self._sink(pending.decode("utf-8", "replace"))
-        except OSError as error:
-            logger.warning("skyguard: output reader stopped: %s", error)
-        finally:
-            self._source.close()
-
-    def _forward(self, chunk: bytes) -> None:
-        if self._target_open:
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._target_fd, view) :]
-            except OSError:
-                # Our own stdout went away; keep draining the command so it never blocks.
-                self._target_open = False
-        with self._log_lock:
-            self._log.write(chunk)
-
-    def _classify(self, data: bytes) -> bytes:
-        *lines, rest = data.split(b"\n")
-        for line in lines:
-            self._sink(line.decode("utf-8", "replace"))
-        while len(rest) > _MAX_LINE:
-            self._sink(rest[:_MAX_LINE].decode("utf-8", "replace"))
-            rest = rest[_MAX_LINE:]
-        return rest
+def own_children() -> list[int]:
+    """The runner's children, live or not yet reaped (``/proc/self/task/*/children``;
+    empty where the kernel does not offer the file)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as file:
+                pids.extend(int(pid) for pid in file.read().split())
+    return pids
 
 
 class SupervisedProcess:
@@ -110,8 +59,7 @@ class SupervisedProcess:
     def __init__(self, waker: SignalWaker) -> None:
         self._waker = waker
         self._popen: subprocess.Popen[bytes] | None = None
-        self._tees: list[_Tee] = []
-        self._log: BinaryIO | None = None
+        self._output: OutputCopy | None = None
         self.returncode: int | None = None
 
     @property
@@ -124,11 +72,10 @@ class SupervisedProcess:
         command: Sequence[str],
         env: Mapping[str, str],
         log_path: Path,
-        sink: LineSink,
+        sink: LineSink | None,
     ) -> None:
         """Spawn the command in its own session (raises OSError if it cannot run)."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._output = OutputCopy(log_path, sink)
         self._popen = subprocess.Popen(
             list(command),
             env=dict(env),
@@ -136,28 +83,26 @@ class SupervisedProcess:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        lock = threading.Lock()
         assert self._popen.stdout is not None and self._popen.stderr is not None
-        self._tees = [
-            _Tee(self._popen.stdout, sys.stdout.fileno(), self._log, lock, sink),
-            _Tee(self._popen.stderr, sys.stderr.fileno(), self._log, lock, sink),
-        ]
-        for tee in self._tees:
-            tee.start()
+        self._output.start(self._popen.stdout, self._popen.stderr)
 
     def reap(self) -> int | None:
         """Reap every exited child (we are their subreaper); the command's return code."""
+        self._reap_all()
+        return self.returncode
+
+    def _reap_all(self) -> bool:
+        """Reap every exited child; True once the runner has no child left (ECHILD)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return True
             if pid == 0:
-                break
+                return False
             if self._popen is not None and pid == self._popen.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self._popen.returncode = self.returncode
-        return self.returncode
 
     def descendants(self) -> list[psutil.Process]:
         """Every live process below the runner (orphans adopted by it included)."""
@@ -173,17 +118,38 @@ class SupervisedProcess:
         return alive
 
     def _signal_tree(self, signum: int) -> None:
-        if self._popen is not None and self.returncode is None:
+        """Signal the command's process group, then every descendant outside it, each
+        process once: a second SIGTERM is "force quit" to many training scripts."""
+        group = self._popen.pid if self._popen is not None else None
+        if group is not None:
+            # Also once the leader is reaped: the group lives while any member does,
+            # and the kernel signals all of them at once, so a member that forks and
+            # exits faster than any listing of processes is still reached. Its id is
+            # not reused while a member lives; we stop once no child is left.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._popen.pid, signum)
+                os.killpg(group, signum)
+        # Our own children (orphans adopted included) straight from the kernel, in
+        # microseconds: one that hops out of the group too is hit before it moves on.
+        # An unreaped child's pid cannot be reused, so this never hits a stranger.
+        children = own_children()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) != group:
+                    os.kill(pid, signum)
         for process in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(signum)
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if process.pid not in children and os.getpgid(process.pid) != group:
+                    process.send_signal(signum)  # psutil checks it is still that process
 
     def _tree_empty(self) -> bool:
-        """The command is reaped and nothing below the runner is alive."""
-        command_done = self._popen is None or self.reap() is not None
-        return command_done and not self.descendants()
+        """Nothing below the runner is alive.
+
+        Judged by ``waitpid`` failing with ECHILD, not by a listing of processes: as
+        the subreaper, the runner is the parent of every orphan of the command, so
+        while any descendant lives the runner has a child; a process that forks and
+        exits every few milliseconds can slip through a listing, never through this.
+        """
+        return self._reap_all()
 
     def _wait_empty(self, deadline: float) -> bool:
         """Wait until the tree is empty or the deadline passes."""
@@ -193,27 +159,23 @@ class SupervisedProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            # SIGCHLD wakes us for our own children; grandchildren dying under a
-            # live parent send no signal to us, hence the short poll.
-            self._waker.wait(min(remaining, 0.05))
+            # The last exit in the tree is always a SIGCHLD to us (a child of ours,
+            # or an orphan re-parented to us): it wakes this wait at once.
+            self._waker.wait(min(remaining, 0.5))
 
     def stop(self, grace: float) -> None:
         """SIGTERM the tree, wait ``grace``, SIGKILL what is left, reap it all."""
         if not self._tree_empty():
             began = time.monotonic()
             logger.info(
-                "skyguard: stopping %d process(es) with SIGTERM (grace %gs)",
-                len(self.descendants()),
-                grace,
+                "skyguard: stopping the command's processes with SIGTERM (grace %gs)", grace
             )
             self._signal_tree(signal.SIGTERM)
             if self._wait_empty(began + grace):
                 logger.info("skyguard: process tree empty after %.2fs", time.monotonic() - began)
             else:
                 logger.warning(
-                    "skyguard: %d process(es) still alive %gs after SIGTERM; sending SIGKILL",
-                    len(self.descendants()),
-                    grace,
+                    "skyguard: processes still alive %gs after SIGTERM; sending SIGKILL", grace
                 )
                 self.kill()
 
@@ -228,12 +190,12 @@ class SupervisedProcess:
                 logger.error("skyguard: could not kill %s", [p.pid for p in self.descendants()])
                 return
 
+    @property
+    def log_problem(self) -> str | None:
+        """Why the attempt log is incomplete; None if it holds every byte."""
+        return self._output.log_problem if self._output is not None else None
+
     def close(self) -> None:
         """Let the output readers drain, then close the log. Call after :meth:`stop`."""
-        for tee in self._tees:
-            tee.join(_DRAIN_TIMEOUT)
-        if any(tee.is_alive() for tee in self._tees):
-            logger.warning("skyguard: output still open after the tree was stopped; not waiting")
-        elif self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
+        if self._output is not None:
+            self._output.close()

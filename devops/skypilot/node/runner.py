@@ -15,16 +15,14 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 
-import psutil
-
+from devops.skypilot.common.console import say
+from devops.skypilot.common.credentials import without_credentials
+from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -33,30 +31,33 @@ from devops.skypilot.common.termination import (
     TerminationReason,
     Verdict,
     decide,
-    shell_exit_code,
-    signal_name,
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
-from devops.skypilot.node.flush import unflushed_state_warning
+from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
+from devops.skypilot.node.forensics import attempt_dir, before_stop
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
+from devops.skypilot.node.output import LineSink
 from devops.skypilot.node.process import SupervisedProcess, become_subreaper
 from devops.skypilot.node.signals import SignalWaker
 from devops.skypilot.node.state import RunningAttempt, StateDir, abandoned_termination
+from devops.skypilot.node.state_checks import prepare_state_dir, warn_if_local_state
 
 logger = logging.getLogger(__name__)
 
 #: How often the running attempt's runtime is checkpointed to the state dir, so a
 #: SIGKILLed runner (preemption without grace) still spends its runtime budget.
 CHECKPOINT_INTERVAL = 30.0
-#: Filesystems that can outlive the machine: a recovery elsewhere still sees them.
-SHARED_FILESYSTEMS = ("fuse", "nfs", "cifs", "smb", "lustre", "gpfs", "beegfs", "9p", "ceph")
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: The preflight, given ``stop()``: true once a stop signal came; it must then give up.
+Preflight = Callable[[Callable[[], bool]], Verdict | None]
 
 
 @dataclass
@@ -69,20 +70,35 @@ class RunnerExtensions:
     env_defaults: Mapping[str, str] = field(default_factory=dict)
     #: A check run before the command on every attempt (the NCCL preflight); a
     #: verdict ends the attempt before the command starts.
-    preflight: Callable[[], Verdict | None] | None = None
+    preflight: Preflight | None = None
 
 
 class Runner:
-    def __init__(self, config: RunConfig, extensions: RunnerExtensions | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        extensions: RunnerExtensions | None = None,
+        waker: SignalWaker | None = None,
+    ) -> None:
         self.config = config
         self.extensions = extensions or RunnerExtensions()
         self.state = StateDir(config.state_dir)
+        #: Handlers already installed by ``skyguard run``'s main; else installed by run().
+        self.waker = waker
+        #: Where a hung attempt's processes were; set before its tree is stopped.
+        self.forensics: Forensics | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
+        if self.waker is not None:
+            return self._run(self.waker)
+        with SignalWaker() as waker:
+            return self._run(waker)
+
+    def _run(self, waker: SignalWaker) -> Termination:
         config = self.config
         prepare_state_dir(config)
-        self._warn_if_local_state()
+        warn_if_local_state(config)
         history = self.state.load_history()
         abandoned = self.state.take_abandoned()
         if abandoned is not None and abandoned.runner_alive():
@@ -93,13 +109,14 @@ class Runner:
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
+        history = self.state.with_lost_attempts(history, config.node_rank, config.task_id)
         runtime_used = sum(item.duration for item in history)
         setup = MonitorSetup(config, runtime_used, self._base_env())
         monitors = [*build_monitors(setup), *self.extensions.monitors]
         ctx = JobContext(
             job_name=config.job_name,
             task_id=config.task_id,
-            attempt=len(history) + 1,
+            attempt=max((item.attempt for item in history), default=0) + 1,
             node_rank=config.node_rank,
             num_nodes=config.num_nodes,
             state_dir=config.state_dir,
@@ -109,8 +126,7 @@ class Runner:
             config.heartbeat_file.unlink()
         become_subreaper()
         try:
-            with SignalWaker() as waker:
-                outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
+            outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
         except BaseException:
             self._tell("close")
             raise
@@ -124,7 +140,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=decision.detail,
+            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -132,15 +148,21 @@ class Runner:
             duration=round(outcome.duration, 3),
             node_rank=config.node_rank,
             task_id=config.task_id,
+            forensics=self.forensics,
         )
         try:
             self.state.record(termination, history)
         except OSError as error:
             # The decision stands: SkyPilot still needs the right exit code.
             logger.error("skyguard: could not write %s: %s", self.state.termination_file, error)
-        print(f"skyguard: termination {json.dumps(termination.to_json())}", file=sys.stderr)
-        self._tell("on_end", ctx, termination)
-        self._tell("close")
+        # A closed stderr (``| head -1``) loses the line, never the code or the observers.
+        say(f"skyguard: termination {json.dumps(termination.to_json())}")
+
+        def tell_end() -> None:
+            self._tell("on_end", ctx, termination)
+            self._tell("close")
+
+        tell_hurried(waker, tell_end, termination.exit_code)
         return termination
 
     def _attempt(
@@ -152,24 +174,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
-        if config.max_runtime and runtime_used >= config.max_runtime:
-            spent = Verdict(
-                TerminationReason.MAX_RUNTIME_REACHED,
-                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
-                f"({runtime_used:.0f}s); not starting",
-            )
-            return Outcome(child_returncode=None, verdict=spent), ChildEnd(None, None)
-        self._tell("on_start", ctx)
-        if waker.stop_signal is not None:  # cancelled while observers were told
-            return Outcome(None, runner_signal=waker.stop_signal), ChildEnd(None, None)
-        if self.extensions.preflight is not None:
-            failed = _safely(self.extensions, "preflight")
-            if isinstance(failed, Verdict):
-                logger.warning("skyguard: preflight failed: %s", failed.detail)
-                failed = replace(failed, monitor=failed.monitor or "Preflight")
-                return Outcome(None, verdict=failed, duration=time.monotonic() - started), ChildEnd(
-                    None, None
-                )
+        not_started = self._before_start(ctx, waker, runtime_used, started)
+        if not_started is not None:
+            return not_started, ChildEnd(None, None)
         process = SupervisedProcess(waker)
         verdict: Verdict | None = None
         try:
@@ -180,7 +187,7 @@ class Runner:
                     config.command,
                     self._child_env(ctx),
                     self.state.log_file(ctx.attempt),
-                    lambda line: _feed(monitors, line),
+                    _output_sink(monitors),
                 )
             except OSError as error:
                 raise ConfigError(f"cannot run {config.command[0]}: {error.strerror}") from None
@@ -191,23 +198,62 @@ class Runner:
                 process.pid,
             )
             verdict = self._watch(process, monitors, waker, ctx, started)
+            # The first end wins: a signal only counts if it came before the end was seen.
+            ended_by = None if verdict is not None else waker.stop_signal()
+            seen = len(waker.received)
+            # Before SIGTERM, while the hung processes are still where they hung.
+            self.forensics = before_stop(
+                verdict,
+                process.descendants(),
+                attempt_dir(config.state_dir, ctx.attempt),
+                config.forensics_timeout,
+            )
         finally:
             process.stop(config.grace)
             process.close()
             for monitor in monitors:
                 _safely(monitor, "stop")
         duration = time.monotonic() - started
+        ended_by = deciding_signal(ended_by, verdict, process.returncode, waker.received[seen:])
         explanation = None
-        if verdict is None and waker.stop_signal is None and process.returncode:
+        if verdict is None and ended_by is None and process.returncode:
             explanation = next(filter(None, (_explain(m) for m in monitors)), None)
         outcome = Outcome(
             child_returncode=process.returncode,
             verdict=verdict,
-            runner_signal=waker.stop_signal,
+            runner_signal=ended_by,
             explanation=explanation,
             duration=duration,
         )
         return outcome, ChildEnd.of(process)
+
+    def _before_start(
+        self, ctx: JobContext, waker: SignalWaker, runtime_used: float, started: float
+    ) -> Outcome | None:
+        """Why the command must not start: a signal, a spent budget, a failed preflight."""
+        config = self.config
+        if waker.stop_signal() is not None:  # signalled during start-up
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if config.max_runtime and runtime_used >= config.max_runtime:
+            spent = Verdict(
+                TerminationReason.MAX_RUNTIME_REACHED,
+                f"max runtime {config.max_runtime:g}s already spent by earlier attempts "
+                f"({runtime_used:.0f}s); not starting",
+            )
+            return Outcome(child_returncode=None, verdict=spent)
+        self._tell("on_start", ctx)
+        if waker.stop_signal() is not None:  # cancelled while observers were told
+            return Outcome(None, runner_signal=waker.stop_signal())
+        if self.extensions.preflight is not None:
+            failed = _safely(self.extensions, "preflight", lambda: waker.stop_signal() is not None)
+            duration = time.monotonic() - started
+            if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
+                return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
+            if isinstance(failed, Verdict):
+                logger.warning("skyguard: preflight failed: %s", failed.detail)
+                failed = replace(failed, monitor=failed.monitor or "Preflight")
+                return Outcome(None, verdict=failed, duration=duration)
+        return None
 
     def _watch(
         self,
@@ -221,7 +267,7 @@ class Runner:
         due = {id(monitor): monitor.next_check(started) for monitor in monitors}
         checkpoint_due = started
         while True:
-            if process.reap() is not None or waker.stop_signal is not None:
+            if process.reap() is not None or waker.stop_signal() is not None:
                 return None
             now = time.monotonic()
             for monitor in list(monitors):
@@ -248,21 +294,16 @@ class Runner:
     def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
         try:
             self.state.checkpoint(
-                RunningAttempt(
-                    ctx.attempt,
-                    ctx.started_at,
-                    elapsed,
-                    utc_now(),
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                )
+                RunningAttempt.by_this_runner(ctx.attempt, ctx.started_at, elapsed, utc_now())
             )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
             logger.warning("skyguard: could not checkpoint the attempt: %s", error)
 
     def _base_env(self) -> dict[str, str]:
-        return {**self.extensions.env_defaults, **os.environ}
+        """The command's environment before skyguard's own variables: skyguard's
+        credentials are removed, so an ``env`` dump in the training log leaks none."""
+        return without_credentials({**self.extensions.env_defaults, **os.environ})
 
     def _child_env(self, ctx: JobContext) -> dict[str, str]:
         env = self._base_env()
@@ -273,6 +314,8 @@ class Runner:
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,
+            # The heartbeat client registers a stack dump there (no-ptrace forensics).
+            SKYGUARD_FORENSICS_DIR=str(attempt_dir(self.config.state_dir, ctx.attempt)),
         )
         return env
 
@@ -280,62 +323,28 @@ class Runner:
         for observer in self.extensions.observers:
             _safely(observer, hook, *args)
 
-    def _warn_if_local_state(self) -> None:
-        fstype = filesystem_type(self.config.state_dir)
-        unflushed = unflushed_state_warning(self.config.state_dir, fstype)
-        if unflushed is not None:
-            logger.warning("%s", unflushed)
-        if not self.config.managed:
-            return
-        if not any(fstype.startswith(shared) for shared in SHARED_FILESYSTEMS):
-            logger.warning(
-                "skyguard: state dir %s is on local disk (%s) of a managed job: attempt counts "
-                "and the runtime budget reset when SkyPilot recovers onto another machine; "
-                "mount a bucket there (see recipes/job.yaml)",
-                self.config.state_dir,
-                fstype or "unknown",
-            )
+
+def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+    """The summary rides in the detail too: every channel and `skyguard status` show
+    the detail, each within its own limits. A capture that found no Python stack (a
+    shell script) stays in the record only."""
+    if forensics is None or not forensics.captured:
+        return detail
+    return f"{detail}; stacks: {forensics.summary}"
 
 
-def prepare_state_dir(config: RunConfig) -> None:
-    """Create the state dir and the heartbeat file's dir, or fail as a config error."""
-    try:
-        StateDir(config.state_dir).ensure_writable()
-        config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"state dir {config.state_dir} is not writable: {error}") from None
+def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
+    """What the command's lines are fed to; None when no monitor reads them (then
+    they are not even decoded). The list is read live: a disabled monitor drops out."""
+    if not any(monitor.reads_output for monitor in monitors):
+        return None
+    return lambda block: _feed(monitors, block)
 
 
-@dataclass(frozen=True)
-class ChildEnd:
-    """How the command itself ended, as the record shows it."""
-
-    child_exit_code: int | None
-    signal: str | None
-
-    @classmethod
-    def of(cls, process: SupervisedProcess) -> ChildEnd:
-        code = process.returncode
-        if code is None:
-            return cls(None, None)
-        return cls(shell_exit_code(code), signal_name(-code) if code < 0 else None)
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding ``path`` ('' if unknown)."""
-    best, fstype = "", ""
-    resolved = str(path.resolve())
-    for partition in psutil.disk_partitions(all=True):
-        mount = partition.mountpoint
-        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, fstype = mount, partition.fstype
-    return fstype
-
-
-def _feed(monitors: Sequence[Monitor], line: str) -> None:
+def _feed(monitors: Sequence[Monitor], block: str) -> None:
     for monitor in monitors:
-        _safely(monitor, "observe_line", line)
+        if monitor.reads_output:
+            _safely(monitor, "observe_lines", block)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

@@ -4,15 +4,24 @@ A self-pipe registered with :func:`signal.set_wakeup_fd` turns every signal
 (SIGCHLD included) into a readable byte, so the loop sleeps in ``select`` until
 the next deadline or the next event, whichever comes first: a child's exit is
 seen at once, and an idle runner costs no CPU. Handlers only record which stop
-signal came first (the PyTorch elastic / circus pattern).
+signals came, in order (the PyTorch elastic / circus pattern); the runner
+decides which of them counts.
+
+``skyguard run`` installs the handlers on the first line of its ``main`` and
+keeps them to the last, so a signal during start-up or during the ending
+(notifications, the coordination linger) is recorded like any other, never a
+143, a 129 or a KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
+import threading
+import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
@@ -27,11 +36,16 @@ class SignalWaker:
     """Installs the handlers on enter, restores the previous ones on exit."""
 
     def __init__(self) -> None:
-        self.stop_signal: int | None = None
+        #: Every stop signal received, oldest first.
+        self.received: list[int] = []
         self._read_fd = -1
         self._write_fd = -1
         self._previous: dict[int, _Handler] = {}
         self._previous_wakeup_fd = -1
+
+    def stop_signal(self) -> int | None:
+        """The first stop signal received, if any."""
+        return self.received[0] if self.received else None
 
     def __enter__(self) -> SignalWaker:
         self._read_fd, self._write_fd = os.pipe()
@@ -56,14 +70,52 @@ class SignalWaker:
                 os.close(fd)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum in STOP_SIGNALS and self.stop_signal is None:
-            self.stop_signal = signum
+        if signum in STOP_SIGNALS:
+            self.received.append(signum)
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a signal arrives or ``timeout`` seconds pass."""
+        """Sleep until a signal arrives (or :meth:`wake` is called) or ``timeout`` seconds pass."""
         if timeout > 0:
             with contextlib.suppress(InterruptedError):
                 select.select([self._read_fd], [], [], timeout)
         with contextlib.suppress(BlockingIOError):
             while os.read(self._read_fd, 512):
                 continue
+
+    def wake(self) -> None:
+        """Wake :meth:`wait` from another thread."""
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")
+
+    def run_hurried(self, work: Callable[[], None], hurry: float) -> bool:
+        """Run ``work`` in a thread and wait for it; once a stop signal comes, wait at
+        most ``hurry`` seconds more. True if it finished.
+
+        For the ending: the decision is made and recorded, what is left (notifications,
+        the coordination linger) is bounded by its own deadlines, and a signal now
+        (a second cancel, Ctrl-C again) asks to be quicker, not to change the code.
+        """
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                done.set()
+                self.wake()
+
+        try:
+            threading.Thread(target=run, name="skyguard-ending", daemon=True).start()
+        except RuntimeError:  # no thread to spare: wait for it all
+            run()
+            return True
+        seen = len(self.received)
+        deadline = math.inf
+        while not done.is_set():
+            now = time.monotonic()
+            if deadline == math.inf and len(self.received) > seen:
+                deadline = now + hurry
+            if now >= deadline:
+                return False
+            self.wait(min(deadline - now, 3600.0))
+        return True

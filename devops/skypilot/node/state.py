@@ -19,16 +19,17 @@ import contextlib
 import json
 import logging
 import os
-import socket
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from devops.skypilot.common import fields
 from devops.skypilot.common.termination import EXIT_RETRY, Termination, TerminationReason
+from devops.skypilot.common.values import ConfigError
+from devops.skypilot.node.liveness import ProcessStamp
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,27 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     data = json.loads(text)
     if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
+        raise ValueError(f"expected a JSON object, got {fields.shown(data)}")
     return data
+
+
+#: What each field of ``attempt.json`` must be; host/pid/boot/start came later.
+CHECKPOINT_FIELDS: Mapping[str, fields.Kind] = {
+    "attempt": fields.ATTEMPT,
+    "started_at": fields.TEXT,
+    "elapsed": fields.SECONDS,
+    "checkpointed_at": fields.TEXT,
+}
+CHECKPOINT_EXTRA: Mapping[str, fields.Kind] = {
+    "host": fields.TEXT,
+    "pid": fields.PID,
+    "boot_id": fields.TEXT,
+    "start_ticks": fields.COUNT,
+}
+#: Lost attempts filled in at most: enough for any retry budget, bounded against a
+#: stray ``logs/attempt-999999.log``.
+MAX_LOST = 100
+_LOG_NAME = re.compile(r"attempt-([1-9][0-9]{0,5})\.log")
 
 
 @dataclass(frozen=True)
@@ -74,26 +94,60 @@ class RunningAttempt:
     #: Seconds run so far, as of the last checkpoint.
     elapsed: float
     checkpointed_at: str
-    #: The runner that wrote it, so a second runner on the same state dir is refused.
+    #: The runner that wrote it (host, boot, pid, start time), so a second runner on
+    #: the same state dir is refused while the first still runs, and only then.
     host: str = ""
     pid: int = 0
+    boot_id: str = ""
+    start_ticks: int = 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunningAttempt:
+        """Build a checkpoint from JSON, every field checked; ValueError names a bad one."""
+        values = fields.checked(data, CHECKPOINT_FIELDS, CHECKPOINT_EXTRA)
+        values["elapsed"] = float(values["elapsed"])
+        return cls(**values)
+
+    @classmethod
+    def by_this_runner(
+        cls, attempt: int, started_at: str, elapsed: float, checkpointed_at: str
+    ) -> RunningAttempt:
+        stamp = ProcessStamp.own()
+        if stamp is None:  # no /proc: never mistaken for a live runner
+            return cls(attempt, started_at, elapsed, checkpointed_at, pid=os.getpid())
+        return cls(
+            attempt,
+            started_at,
+            elapsed,
+            checkpointed_at,
+            stamp.host,
+            stamp.pid,
+            stamp.boot_id,
+            stamp.start_ticks,
+        )
 
     def runner_alive(self) -> bool:
-        """Whether the runner that wrote this checkpoint still runs (on this host)."""
-        if self.host != socket.gethostname() or self.pid in (0, os.getpid()):
+        """Whether the runner that wrote this checkpoint still runs. A checkpoint
+        without a start time (an older skyguard) cannot prove it and counts as dead."""
+        if self.pid == os.getpid():
             return False
-        try:
-            cmdline = " ".join(psutil.Process(self.pid).cmdline())
-        except psutil.Error:
-            return False
-        return "skyguard" in cmdline or "devops.skypilot" in cmdline
+        return ProcessStamp(self.host, self.boot_id, self.pid, self.start_ticks).alive()
 
 
 class StateDir:
-    """Reads and writes the files of one task's state directory."""
+    """Reads and writes the files of one task's state directory.
+
+    A file of the wrong shape is moved aside (``<name>.corrupt``, then ``.corrupt.2``
+    ...: kept for forensics, never overwritten) and reported in one line; it never
+    stops an attempt. The attempts it held are not forgotten: see
+    :meth:`with_lost_attempts`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: Attempt numbers seen in files that were set aside.
+        self._lost_evidence: set[int] = set()
+        self._set_aside_any = False
 
     @property
     def termination_file(self) -> Path:
@@ -109,21 +163,29 @@ class StateDir:
         (self.path / ".write-test").unlink()
 
     def load_history(self) -> list[Termination]:
-        """Every recorded attempt, oldest first. A corrupt file is set aside, not fatal."""
-        try:
-            data = read_json(self.termination_file)
-            if data is None:
-                return []
-            history = [Termination.from_json(item) for item in data.get("history", [])]
-        except (ValueError, KeyError, TypeError) as error:
-            aside = self._set_aside(self.termination_file)
-            logger.warning(
-                "skyguard: %s is corrupt (%s); moved to %s, starting a fresh history",
-                self.termination_file,
-                error,
-                aside.name,
-            )
+        """Every readable recorded attempt, oldest first. A file of the wrong shape is
+        set aside; what it held that still reads is kept."""
+        path = self.termination_file
+        data = self._read(path)
+        if data is None:
             return []
+        raw = data.get("history")
+        if not isinstance(raw, list):
+            self._set_aside(path, f"history: expected a list, got {fields.shown(raw)}", data)
+            return []
+        history, problems = [], []
+        for index, item in enumerate(raw):
+            try:
+                history.append(Termination.from_json(item))
+            except ValueError as error:
+                problems.append(f"history[{index}]: {error}")
+        try:
+            Termination.from_json({k: v for k, v in data.items() if k != "history"})
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            self._set_aside(path, problems[0] + more, data)
         return history
 
     def record(self, termination: Termination, history: list[Termination]) -> None:
@@ -140,28 +202,107 @@ class StateDir:
     def take_abandoned(self) -> RunningAttempt | None:
         """A checkpoint left by a runner that died before recording its end."""
         path = self.path / ATTEMPT_FILE
+        data = self._read(path)
+        if data is None:
+            return None
         try:
-            data = read_json(path)
-            if data is None:
-                return None
-            return RunningAttempt(
-                attempt=int(data["attempt"]),
-                started_at=str(data["started_at"]),
-                elapsed=float(data["elapsed"]),
-                checkpointed_at=str(data["checkpointed_at"]),
-                host=str(data.get("host", "")),
-                pid=int(data.get("pid", 0)),
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            aside = self._set_aside(path)
-            logger.warning("skyguard: %s is corrupt (%s); moved to %s", path, error, aside.name)
+            return RunningAttempt.from_json(data)
+        except ValueError as error:
+            self._set_aside(path, str(error), {"history": [data]})
             return None
 
-    def _set_aside(self, path: Path) -> Path:
+    def with_lost_attempts(
+        self, history: list[Termination], node_rank: int, task_id: str
+    ) -> list[Termination]:
+        """``history`` with a ``record_lost`` end for every attempt that left a trace
+        (a log, a number in a set-aside file) but no readable record, once a file was
+        set aside. Without them a corrupted file would reset the attempt count, and a
+        file corrupted on every attempt would let a crash loop retry forever."""
+        if not self._set_aside_any:
+            return history
+        known = {item.attempt for item in history}
+        highest = max([*self._lost_evidence, *self._logged_attempts(), *known], default=0)
+        lost = [n for n in range(1, highest + 1) if n not in known][-MAX_LOST:]
+        if lost:
+            logger.warning(
+                "skyguard: %d earlier attempt(s) (%s) left no readable record; each counts "
+                "as a retryable end that spent the retry budget (record_lost)",
+                len(lost),
+                _ranges(lost),
+            )
+        placeholders = [lost_termination(n, node_rank, task_id) for n in lost]
+        return sorted([*history, *placeholders], key=lambda item: item.attempt)
+
+    def _logged_attempts(self) -> list[int]:
+        try:
+            names = os.listdir(self.path / "logs")
+        except OSError:
+            return []
+        return [int(m.group(1)) for name in names if (m := _LOG_NAME.fullmatch(name))]
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The JSON object in ``path``; None if absent or set aside as unreadable."""
+        try:
+            return read_json(path)
+        except FileNotFoundError:
+            return None
+        except ValueError as error:  # not JSON, not UTF-8, not an object
+            self._set_aside(path, " ".join(str(error).split()) or "unreadable", {})
+            return None
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+
+    def _set_aside(self, path: Path, why: str, data: Mapping[str, Any]) -> None:
+        """Move ``path`` out of the way under a name never used before, and say so."""
+        self._set_aside_any = True
+        self._lost_evidence.update(_attempt_numbers(data))
         aside = path.with_name(f"{path.name}.corrupt")
-        with contextlib.suppress(OSError):
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = path.with_name(f"{path.name}.corrupt.{number}")
+        try:
             os.replace(path, aside)
-        return aside
+            where = f"moved to {aside.name} for forensics"
+        except OSError as error:
+            where = f"could not move it aside ({error.strerror}); the next record replaces it"
+        logger.warning("skyguard: %s is corrupt (%s); %s", path, why, where)
+
+
+def _attempt_numbers(data: Mapping[str, Any]) -> set[int]:
+    """The attempt numbers a set-aside file still shows, wherever they still read."""
+    history = data.get("history")
+    items = [data, *(history if isinstance(history, list) else [])]
+    return {
+        item["attempt"]
+        for item in items
+        if isinstance(item, Mapping)
+        and fields.ATTEMPT.test(item.get("attempt"))
+        and item["attempt"] < 10**6
+    }
+
+
+def _ranges(numbers: list[int]) -> str:
+    return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+
+
+def lost_termination(attempt: int, node_rank: int, task_id: str) -> Termination:
+    """The record standing in for an attempt whose own record was lost."""
+    return Termination(
+        reason=TerminationReason.RECORD_LOST,
+        exit_code=EXIT_RETRY,
+        child_exit_code=None,
+        signal=None,
+        detail="no readable record of this attempt (its state file was set aside); "
+        "counted as a retryable end that spent the retry budget",
+        monitor="",
+        attempt=attempt,
+        started_at="",
+        ended_at="",
+        duration=0.0,
+        node_rank=node_rank,
+        task_id=task_id,
+    )
 
 
 def abandoned_termination(running: RunningAttempt, node_rank: int, task_id: str) -> Termination:

@@ -7,7 +7,13 @@ collective until their own timeouts, each reporting something different.
 Protocol (HTTP/1.0 over the cluster network, JSON bodies of at most
 ``max_message_bytes``):
 
-- the head (rank 0) serves ``<head ip>:<port>`` (default 29411) from a thread;
+- the head (rank 0) serves ``<head ip>:<port>`` (default 29411) from one
+  thread running one event loop (:mod:`~devops.skypilot.node.coordination.server`):
+  a connection costs no thread, and a request must arrive whole within
+  ``request_deadline`` seconds;
+- a worker first joins: ``GET /v1/hello?node=N&challenge=<random>`` answers the
+  head's *session*, drawn afresh each time a head starts serving (so once per
+  attempt);
 - every node ``POST /v1/start`` when its command starts and ``POST /v1/end``
   with its termination (reason, exit code, detail) when it ends;
 - the first end that is not a success is *the decision*; later ones are kept
@@ -21,15 +27,22 @@ Protocol (HTTP/1.0 over the cluster network, JSON bodies of at most
   (counted from the end of ``startup_grace`` until the first contact) decides
   ``PEER_FAILED`` itself: a head killed with SIGKILL stops every node.
 
-Security: each request carries ``X-Skyguard-Signature`` = HMAC-SHA256 over
-method, path and body, keyed with the per-task token ``HMAC(secret, task id)``;
-each response is signed over the request's signature and its body, so an old
-answer cannot be replayed. The token never goes on the wire. The secret is
-``SKYGUARD_COORD_SECRET`` (same on every node; pass it as a SkyPilot secret);
-without it a secret is derived from the task id, cluster name and node list,
-which keeps other tasks and stale runners out but not a sender on the cluster
-network who can read those (a warning says so). Unsigned, oversized or
-malformed messages are rejected (401/413/400), logged, and never stop a job.
+Security: each request carries ``X-Skyguard-Signature`` = HMAC-SHA256 over the
+head's session (``X-Skyguard-Session``), the sender's rank and request number
+(``X-Skyguard-Nonce: <node>.<n>``, counting up from 1), method,
+path and body, keyed with the per-task token ``HMAC(secret, task id)``. The
+head accepts each request number of a node once (a sliding window of 64 for
+requests that overtake each other) and only in its own session: a message
+recorded in one attempt and sent again, in that attempt or a later one, is
+refused (409, 403) and logged. No clock takes part, so clock skew between nodes
+cannot open or close that door. Each answer is signed over its request's
+signature and its body, so an old answer cannot be replayed either. The token
+never goes on the wire. The secret is ``SKYGUARD_COORD_SECRET`` (same on every
+node; pass it as a SkyPilot secret); without it a secret is derived from the
+task id, cluster name and node list, which keeps other tasks and stale runners
+out but not a sender on the cluster network who can read those (a warning says
+so). Unsigned, oversized or malformed messages are rejected (401/413/400),
+logged, and never stop a job.
 """
 
 from __future__ import annotations

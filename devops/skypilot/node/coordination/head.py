@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import resource
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,17 +18,30 @@ from urllib.parse import parse_qs, urlsplit
 from devops.skypilot.common.termination import Verdict
 from devops.skypilot.node.coordination.protocol import (
     HEAD_RANK,
+    HELLO_PATH,
+    NONCE_HEADER,
+    SESSION_HEADER,
     SIGNATURE_HEADER,
     CoordinationConfig,
     CoordinationError,
     Coordinator,
     NodeEnd,
+    Seal,
+    new_session,
     node_field,
-    sign,
+    parse_nonce,
 )
+from devops.skypilot.node.coordination.server import Answer, EventLoopServer, Limits, Request
 from devops.skypilot.node.environment import SkyPilotEnv
 
 logger = logging.getLogger(__name__)
+
+#: Request numbers a sender may have in flight out of order; older ones are refused.
+REPLAY_WINDOW = 64
+#: Connections without a complete request the head keeps, at least (see server.py).
+MIN_PENDING = 256
+#: File descriptors the head wants beyond its connections (the runner, logs, the command).
+_SPARE_FDS = 256
 
 
 class _Rejected(Exception):
@@ -36,16 +53,16 @@ class _Rejected(Exception):
 
 
 class _Board:
-    """What the head knows of the attempt; shared by the HTTP threads and the runner."""
+    """What the head knows of the attempt; shared by the server's thread and the runner's."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self.started: set[int] = set()
         self.ends: dict[int, NodeEnd] = {}
         self.decision: NodeEnd | None = None
-        #: Workers that were sent the decision or the head's end.
-        self.informed: set[int] = set()
         self.closing = False
+        #: Called (under no lock) after every change; the server wakes its long polls.
+        self.on_change: Callable[[], None] = lambda: None
 
     def start(self, node: int) -> None:
         with self._changed:
@@ -62,19 +79,19 @@ class _Board:
                 self.decision = end
                 logger.warning("coordination: decision for every node: %s", end.describe())
             self._changed.notify_all()
-            return self.decision
+            decision = self.decision
+        self.on_change()
+        return decision
 
-    def _news(self) -> bool:
-        return self.decision is not None or HEAD_RANK in self.ends or self.closing
-
-    def state_for(self, node: int, wait: float) -> dict[str, Any]:
-        """The decision and the head's end, waiting up to ``wait`` s for either."""
+    def has_news(self) -> bool:
+        """What a long poll waits for; once true it stays true."""
         with self._changed:
-            self._changed.wait_for(self._news, timeout=wait)
+            return self.decision is not None or HEAD_RANK in self.ends or self.closing
+
+    def state(self) -> dict[str, Any]:
+        """The decision and the head's end, as a long poll answers them."""
+        with self._changed:
             head_end = self.ends.get(HEAD_RANK)
-            if self.decision is not None or head_end is not None:
-                self.informed.add(node)
-                self._changed.notify_all()
             return {
                 "decision": None if self.decision is None else self.decision.to_json(),
                 "head_end": None if head_end is None else head_end.to_json(),
@@ -100,6 +117,7 @@ class _Board:
         with self._changed:
             self.closing = True
             self._changed.notify_all()
+        self.on_change()
 
     def to_json(self) -> dict[str, Any]:
         with self._changed:
@@ -108,6 +126,28 @@ class _Board:
                 "started": sorted(self.started),
                 "ends": {str(node): end.to_json() for node, end in sorted(self.ends.items())},
             }
+
+
+class _Freshness:
+    """Each request number of each node is accepted once per session (a sliding window).
+
+    Only the server's thread uses it. Memory: at most REPLAY_WINDOW numbers per node.
+    """
+
+    def __init__(self) -> None:
+        self._highest: dict[int, int] = {}
+        self._seen: dict[int, set[int]] = {}
+
+    def admit(self, node: int, number: int) -> bool:
+        highest = self._highest.get(node, 0)
+        seen = self._seen.setdefault(node, set())
+        if number <= highest - REPLAY_WINDOW or number in seen:
+            return False
+        seen.add(number)
+        if number > highest:
+            self._highest[node] = number
+            seen.difference_update({n for n in seen if n <= number - REPLAY_WINDOW})
+        return True
 
 
 class _RejectionLog:
@@ -134,71 +174,21 @@ class _RejectionLog:
             )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], head: HeadCoordinator) -> None:
-        self.head = head
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that vanished or stalled mid-request: not worth a traceback.
-        logger.debug("coordination: connection from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    #: Seconds a sender may take to send its request: a stalled one cannot hold a thread.
-    timeout = 5.0
-    server_version = "skyguard-coordination"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("coordination http: " + format, *args)
-
-    def do_GET(self) -> None:
-        self._serve(b"")
-
-    def do_POST(self) -> None:
-        head = self.server.head
-        length = self.headers.get("Content-Length")
-        try:
-            size = int(length) if length is not None else -1
-        except ValueError:
-            size = -1
-        if size < 0:
-            self._reject(411, "missing or bad Content-Length")
-            return
-        if size > head.config.max_message_bytes:
-            self._reject(413, f"{size} bytes > {head.config.max_message_bytes}")
-            return
-        self._serve(self.rfile.read(size))
-
-    def _serve(self, body: bytes) -> None:
-        head = self.server.head
-        signature = self.headers.get(SIGNATURE_HEADER, "")
-        try:
-            payload = head.handle(self.command, self.path, body, signature)
-        except _Rejected as rejected:
-            self._reject(rejected.status, str(rejected))
-            return
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header(SIGNATURE_HEADER, head.sign_response(signature, data))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _reject(self, status: int, why: str) -> None:
-        self.server.head.rejections(self.client_address[0], status, why)
-        data = json.dumps({"error": why}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+def _allow_descriptors(wanted: int) -> None:
+    """Raise this process's open-file limit towards ``wanted`` (one socket per worker)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < wanted:
+        logger.warning(
+            "coordination: open-file limit %d is below the %d this job's long polls need",
+            soft,
+            wanted,
+        )
 
 
 class HeadCoordinator(Coordinator):
@@ -213,21 +203,32 @@ class HeadCoordinator(Coordinator):
         super().__init__(sky_env, token, config, state_dir)
         self.board = _Board()
         self.rejections = _RejectionLog()
+        self.session = new_session()
+        self._fresh = _Freshness()
+        # Set on the server's thread only; long polls wait for it.
+        self._news = asyncio.Event()
+        self.board.on_change = self._board_changed
+        max_pending = max(MIN_PENDING, 2 * sky_env.num_nodes)
+        _allow_descriptors(2 * sky_env.num_nodes + max_pending + _SPARE_FDS)
         host = config.bind_host or sky_env.node_ip
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server = _Server((host, config.port), self)
+            sock = socket.create_server((host, config.port), family=family)
         except OSError as exc:
             raise CoordinationError(
                 f"cannot serve coordination on {host}:{config.port}: {exc.strerror or exc}; "
                 "another process holds the port, or the address is not this node's "
                 "(choose another coordination port)"
             ) from None
-        self._thread: threading.Thread | None = None
+        limits = Limits(config.request_deadline, config.max_message_bytes, max_pending)
+        self._server = EventLoopServer(sock, self._answer, limits, self.rejections)
+        self._address = sock.getsockname()[:2]
+        self._started = False
         self._stopped = False
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
+        host, port = self._address
         return str(host), int(port)
 
     @property
@@ -235,16 +236,11 @@ class HeadCoordinator(Coordinator):
         return self.board.decision
 
     def start(self) -> None:
-        if self._thread is not None or self._stopped:
+        if self._started or self._stopped:
             return
+        self._started = True
         self.board.start(HEAD_RANK)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="skyguard-coordination",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server.start()
         logger.info(
             "coordination: serving %s:%d for %d nodes", *self.address, self.sky_env.num_nodes
         )
@@ -269,35 +265,85 @@ class HeadCoordinator(Coordinator):
             return
         self._stopped = True
         self.board.close()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=2.0)
-        self._server.server_close()
+        self._server.stop()
         self._write_state({"head": True, **self.board.to_json()})
 
-    def sign_response(self, request_signature: str, body: bytes) -> str:
-        return sign(self._token, b"response", request_signature.encode(), body)
+    # ------------------------------------------------------------------ the server's thread
 
-    def handle(self, method: str, target: str, body: bytes, signature: str) -> dict[str, Any]:
-        """One authenticated request -> its answer; raises :class:`_Rejected` otherwise."""
-        expected = sign(self._token, f"{method} {target}".encode(), body)
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
+    def _board_changed(self) -> None:
+        if self.board.has_news():
+            self._server.call_soon(self._news.set)
+
+    async def _answer(self, request: Request) -> Answer:
+        try:
+            seal, sender = self._authenticate(request)
+            payload = await self._handle(request, sender)
+        except _Rejected as rejected:
+            self.rejections(request.client, rejected.status, str(rejected))
+            return Answer.error(rejected.status, str(rejected))
+        body = json.dumps(payload).encode()
+        return Answer(200, body, {SIGNATURE_HEADER: seal.answer_signature(self._token, body)})
+
+    def _authenticate(self, request: Request) -> tuple[Seal, int]:
+        """The request's seal and sender, once its signature, session and number all hold.
+
+        A join has no sender yet (-1): it asks for the session, and answering it changes
+        nothing.
+        """
+        headers = request.headers
+        session = headers.get(SESSION_HEADER.lower(), "")
+        nonce = headers.get(NONCE_HEADER.lower(), "")
+        seal = Seal.of(self._token, session, nonce, request.method, request.target, request.body)
+        given = headers.get(SIGNATURE_HEADER.lower(), "")
+        if not hmac.compare_digest(given.encode(), seal.signature.encode()):
             raise _Rejected(401, "missing or wrong signature")
-        url = urlsplit(target)
+        if urlsplit(request.target).path == HELLO_PATH:
+            return seal, -1
+        if session != self.session:
+            raise _Rejected(
+                403, "signed for another attempt of the job: a replay, or a worker to re-join"
+            )
+        try:
+            node, number = parse_nonce(nonce)
+            node_field({"node": node}, self.sky_env.num_nodes)
+        except ValueError as exc:
+            raise _Rejected(400, str(exc)) from None
+        if not self._fresh.admit(node, number):
+            raise _Rejected(409, f"replayed message: node {node}'s request {number} came before")
+        return seal, node
+
+    async def _handle(self, request: Request, sender: int) -> dict[str, Any]:
+        url = urlsplit(request.target)
         num_nodes = self.sky_env.num_nodes
         try:
-            if method == "GET" and url.path == "/v1/state":
+            if request.method == "GET" and url.path == HELLO_PATH:
+                return {"session": self.session}
+            if request.method == "GET" and url.path == "/v1/state":
                 query = {key: values[0] for key, values in parse_qs(url.query).items()}
-                node = node_field({"node": int(query.get("node", "-1"))}, num_nodes)
+                self._sender({"node": int(query.get("node", "-1"))}, sender)
                 wait = min(max(float(query.get("wait", "0")), 0.0), self.config.long_poll)
-                return self.board.state_for(node, wait)
-            if method == "POST" and url.path in ("/v1/start", "/v1/end"):
-                data = json.loads(body)
+                if wait > 0 and not self.board.has_news():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._news.wait(), wait)
+                return self.board.state()
+            if request.method == "POST" and url.path in ("/v1/start", "/v1/end"):
+                data = json.loads(request.body)
+                if not isinstance(data, dict):
+                    raise ValueError("a message must be a JSON object")
                 if url.path == "/v1/start":
-                    self.board.start(node_field(data if isinstance(data, dict) else {}, num_nodes))
+                    self.board.start(self._sender(data, sender))
                     return {"ok": True}
-                decision = self.board.end(NodeEnd.from_json(data, num_nodes))
+                end = NodeEnd.from_json(data, num_nodes)
+                self._sender({"node": end.node}, sender)
+                decision = self.board.end(end)
                 return {"decision": None if decision is None else decision.to_json()}
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Rejected(400, f"malformed {url.path} message: {exc}") from None
-        raise _Rejected(404, f"no such endpoint: {method} {url.path}")
+        raise _Rejected(404, f"no such endpoint: {request.method} {url.path}")
+
+    def _sender(self, data: dict[str, Any], sender: int) -> int:
+        """The message's node, which must be the node that numbered and signed it."""
+        node = node_field(data, self.sky_env.num_nodes)
+        if node != sender:
+            raise ValueError(f"node {node} in a message numbered by node {sender}")
+        return node

@@ -11,12 +11,14 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from devops.skypilot.common.credentials import COORD_SECRET_VAR
 from devops.skypilot.common.termination import (
     EXIT_RETRY,
     Termination,
@@ -29,13 +31,19 @@ from devops.skypilot.node.state import write_json_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 29411
-SECRET_VAR = "SKYGUARD_COORD_SECRET"
+SECRET_VAR = COORD_SECRET_VAR  # one name, kept with the other credentials
 SIGNATURE_HEADER = "X-Skyguard-Signature"
+#: The head's session: drawn afresh each time a head starts serving (each attempt).
+SESSION_HEADER = "X-Skyguard-Session"
+#: ``<node>.<number>``: the sender's rank and its request number within the session.
+NONCE_HEADER = "X-Skyguard-Nonce"
+HELLO_PATH = "/v1/hello"
 STATE_FILE = "coordination.json"
 HEAD_RANK = 0
 #: Longest detail carried; the sender truncates so the message stays under the limit.
 _DETAIL_CHARS = 1000
 _MONITOR_CHARS = 100
+_WIRE_VERSION = b"skyguard-coordination-v2"
 
 
 class CoordinationError(RuntimeError):
@@ -58,6 +66,8 @@ class CoordinationConfig:
     #: Seconds the head holds a long poll open; capped at a third of unreachable_timeout.
     poll_wait: float = 10.0
     max_message_bytes: int = 4096
+    #: Seconds a sender has to deliver its whole request, from connecting to its last byte.
+    request_deadline: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -65,7 +75,7 @@ class CoordinationConfig:
         for name in ("startup_grace", "unreachable_timeout", "report_timeout", "linger"):
             if getattr(self, name) < 0:
                 raise CoordinationError(f"coordination {name} must be >= 0")
-        if self.unreachable_timeout <= 0 or self.poll_wait <= 0:
+        if self.unreachable_timeout <= 0 or self.poll_wait <= 0 or self.request_deadline <= 0:
             raise CoordinationError("coordination timeouts must be > 0")
         if self.max_message_bytes < 512:
             raise CoordinationError("coordination max_message_bytes must be >= 512")
@@ -102,6 +112,54 @@ def task_token(secret: bytes, task_id: str) -> bytes:
 
 def sign(token: bytes, *parts: bytes) -> str:
     return hmac.new(token, b"\n".join(parts), hashlib.sha256).hexdigest()
+
+
+def new_session() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Seal:
+    """What authenticates one request: its signature binds the head's session
+    (so the attempt), the sender's request number (so it is used once), method,
+    path and body. No clock takes part: the nodes' clocks may disagree.
+    """
+
+    session: str
+    nonce: str
+    signature: str
+
+    @classmethod
+    def of(
+        cls, token: bytes, session: str, nonce: str, method: str, target: str, body: bytes
+    ) -> Seal:
+        material = (_WIRE_VERSION, session.encode(), nonce.encode(), f"{method} {target}".encode())
+        return cls(session, nonce, sign(token, *material, body))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            SIGNATURE_HEADER: self.signature,
+            SESSION_HEADER: self.session,
+            NONCE_HEADER: self.nonce,
+        }
+
+    def answer_signature(self, token: bytes, body: bytes) -> str:
+        """An answer is signed over its request's signature: it answers that request only."""
+        return sign(token, b"response", self.signature.encode(), body)
+
+
+def hello_target(node: int) -> str:
+    """The join request; its random challenge makes the (signed) answer fresh."""
+    return f"{HELLO_PATH}?node={node}&challenge={secrets.token_hex(16)}"
+
+
+def parse_nonce(nonce: str) -> tuple[int, int]:
+    """``<node>.<number>`` -> (node, number); ValueError otherwise."""
+    node, dot, number = nonce.partition(".")
+    digits = all(part.isascii() and part.isdigit() for part in (node, number))
+    if not (dot and digits and len(node) <= 9 and len(number) <= 18):
+        raise ValueError(f"bad nonce {nonce[:40]!r}")
+    return int(node), int(number)
 
 
 # --------------------------------------------------------------------------- messages

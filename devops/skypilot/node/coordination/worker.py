@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import http.client
+import itertools
 import json
 import logging
 import socket
@@ -22,8 +23,9 @@ from devops.skypilot.node.coordination.protocol import (
     CoordinationConfig,
     Coordinator,
     NodeEnd,
+    Seal,
     fit,
-    sign,
+    hello_target,
 )
 from devops.skypilot.node.environment import SkyPilotEnv
 
@@ -35,6 +37,10 @@ _RETRY_PAUSE = 0.5
 
 class _BadAnswer(Exception):
     """The head's answer was unsigned, oversized or not what the protocol says."""
+
+
+class _StaleSession(_BadAnswer):
+    """The head serves another session than the one this worker joined: join again."""
 
 
 class WorkerCoordinator(Coordinator):
@@ -54,6 +60,10 @@ class WorkerCoordinator(Coordinator):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: http.client.HTTPConnection | None = None
+        #: The head's session once joined; requests are numbered within it.
+        self._session: str | None = None
+        self._joined = False
+        self._numbers = itertools.count(1)
         self._decision: NodeEnd | None = None
         self._head_end: NodeEnd | None = None
         self._started_at: float | None = None
@@ -115,7 +125,8 @@ class WorkerCoordinator(Coordinator):
             ):
                 with attempt:
                     timeout = max(min(deadline - self._clock(), 2.0), 0.1)
-                    answer = self._request("POST", "/v1/end", body, timeout)
+                    session = self._session or self._join(timeout)
+                    answer = self._request(session, "POST", "/v1/end", body, timeout)
         except (OSError, http.client.HTTPException, _BadAnswer) as exc:
             logger.warning("coordination: could not report this node's end to the head: %s", exc)
             return
@@ -146,22 +157,56 @@ class WorkerCoordinator(Coordinator):
 
     # ------------------------------------------------------------------ transport
 
-    def _request(self, method: str, target: str, body: bytes, timeout: float) -> dict[str, Any]:
-        signature = sign(self._token, f"{method} {target}".encode(), body)
+    def _join(self, timeout: float) -> str:
+        """Ask the head for its session (one per attempt); every request then carries it."""
+        answer = self._request("", "GET", hello_target(self.node), b"", timeout)
+        session = answer.get("session")
+        if not isinstance(session, str) or not session:
+            raise _BadAnswer("the head's answer to the join has no session")
+        with self._lock:
+            first, self._joined = not self._joined, True
+            self._session = session
+        if first:
+            logger.info("coordination: following the head at %s:%d", *self.head_address)
+        return session
+
+    def _request(
+        self,
+        session: str,
+        method: str,
+        target: str,
+        body: bytes,
+        timeout: float,
+        *,
+        interruptible: bool = False,
+    ) -> dict[str, Any]:
+        """One signed request and its checked answer.
+
+        ``interruptible``: :meth:`stop` may cut it short (the follower's long poll).
+        """
+        with self._lock:
+            nonce = f"{self.node}.{next(self._numbers)}"
+        seal = Seal.of(self._token, session, nonce, method, target, body)
         host, port = self.head_address
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        with self._lock:
-            self._conn = conn
+        if interruptible:
+            with self._lock:
+                self._conn = conn
         try:
-            headers = {SIGNATURE_HEADER: signature, "Content-Type": "application/json"}
+            headers = {**seal.headers(), "Content-Type": "application/json"}
             conn.request(method, target, body=body if method == "POST" else None, headers=headers)
             response = conn.getresponse()
             data = response.read(self.config.max_message_bytes * 4 + 1)
             if len(data) > self.config.max_message_bytes * 4:
                 raise _BadAnswer("the head's answer is oversized")
+            if response.status == 403 and session:
+                with self._lock:
+                    if self._session == session:
+                        self._session = None
+                raise _StaleSession(f"the head answered 403: {data[:200]!r}")
             if response.status != 200:
                 raise _BadAnswer(f"the head answered {response.status}: {data[:200]!r}")
-            expected = sign(self._token, b"response", signature.encode(), data)
+            expected = seal.answer_signature(self._token, data)
             answer_signature = response.getheader(SIGNATURE_HEADER, "")
             if not hmac.compare_digest(answer_signature.encode(), expected.encode()):
                 raise _BadAnswer("the answer is not signed with this task's token")
@@ -171,24 +216,33 @@ class WorkerCoordinator(Coordinator):
                 raise _BadAnswer("the head's answer is not JSON") from None
             if not isinstance(answer, dict):
                 raise _BadAnswer("the head's answer is not a JSON object")
+            with self._lock:
+                self._last_contact = self._clock()
             return answer
         finally:
-            with self._lock:
-                self._conn = None
+            if interruptible:
+                with self._lock:
+                    self._conn = None
             conn.close()
 
     def _follow(self) -> None:
-        """The thread: announce the start, then long-poll until there is news or stop."""
+        """The thread: join, announce the start, then long-poll until there is news or stop."""
         announced = False
         start_body = json.dumps({"node": self.node}).encode()
         wait = self.config.long_poll
         while not self._stop.is_set():
             try:
+                session = self._session or self._join(timeout=5.0)
                 if not announced:
-                    self._request("POST", "/v1/start", start_body, timeout=5.0)
+                    self._request(session, "POST", "/v1/start", start_body, timeout=5.0)
                     announced = True
                 answer = self._request(
-                    "GET", f"/v1/state?node={self.node}&wait={wait:g}", b"", timeout=wait + 5.0
+                    session,
+                    "GET",
+                    f"/v1/state?node={self.node}&wait={wait:g}",
+                    b"",
+                    timeout=wait + 5.0,
+                    interruptible=True,
                 )
                 if self._learn(answer):
                     return
@@ -204,7 +258,6 @@ class WorkerCoordinator(Coordinator):
         decision = answer.get("decision")
         head_end = answer.get("head_end")
         with self._lock:
-            self._last_contact = self._clock()
             if decision is not None:
                 self._decision = NodeEnd.from_json(decision, num_nodes)
             if head_end is not None:

@@ -35,8 +35,25 @@ class Monitor(ABC):
         """A verdict if the job must stop now, else None."""
 
     def observe_line(self, line: str) -> None:  # noqa: B027 - optional hook, empty by design
-        """One line of the command's output. Called from the runner's reader
-        threads for every line, so it must be cheap and thread-safe."""
+        """One line of the command's output (without its newline). Called from the
+        runner's reader threads for every line, so it must be cheap and thread-safe."""
+
+    def observe_lines(self, block: str) -> None:
+        """Whole lines of the command's output joined by newlines (no trailing one):
+        every line one read of a pipe completed, up to a MiB at a time. The default
+        hands each to :meth:`observe_line`; a monitor that can search the block as a
+        whole (a regular expression runs over it in C) should override this: a
+        chatty command prints millions of lines a second."""
+        for line in block.split("\n"):
+            self.observe_line(line)
+
+    @property
+    def reads_output(self) -> bool:
+        """Whether this monitor looks at the command's output at all."""
+        own = type(self)
+        return own.observe_line is not Monitor.observe_line or (
+            own.observe_lines is not Monitor.observe_lines
+        )
 
     def explain(self) -> Verdict | None:
         """After the command failed on its own: why, if this monitor knows."""

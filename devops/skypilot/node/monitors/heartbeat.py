@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
 
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.rank_beats import RankBeats
 from devops.skypilot.node.monitors.setup import MonitorSetup
 
 _Signature = tuple[int, int, int]
@@ -27,7 +30,13 @@ class HeartbeatMonitor(Monitor):
     HEARTBEAT_UNREADABLE with the error in the detail.
     """
 
-    def __init__(self, path: Path, timeout: float, startup_grace: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        startup_grace: float = 0.0,
+        progress: re.Pattern[str] | None = None,
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.startup_grace = startup_grace
@@ -36,27 +45,39 @@ class HeartbeatMonitor(Monitor):
         self._last_beat: float | None = None
         self._signature: _Signature | None = None
         self._error: OSError | None = None
+        #: Under torchrun each rank beats on its own file; a beat of any counts here.
+        self.ranks = RankBeats(path)
+        #: ``--progress-pattern``: an output line matching it is a beat.
+        self.progress = progress
+        #: When the last matching line was read (monotonic; written by the reader threads).
+        self._line_beat: float | None = None
+        self._file_beat = False
 
     @classmethod
     def create(cls, setup: MonitorSetup) -> HeartbeatMonitor | None:
         config = setup.config
         if config.heartbeat_timeout <= 0:
             return None
-        return cls(config.heartbeat_file, config.heartbeat_timeout, config.startup_grace)
+        pattern = re.compile(config.progress_pattern) if config.progress_pattern else None
+        return cls(config.heartbeat_file, config.heartbeat_timeout, config.startup_grace, pattern)
 
     def start(self, now: float) -> None:
         self._started = now
         self._last_beat = None
+        self._line_beat = None
+        self._file_beat = False
         self._error = None
         # A file left from an earlier attempt is not a beat of this one.
         self._signature = self._stat()
+        self.ranks.start()
 
     def _stat(self) -> _Signature | None:
         try:
             stat = os.stat(self.path)
         except FileNotFoundError as error:
-            # Missing before the first beat is normal; after it, the file was lost.
-            self._error = error if self._last_beat is not None else None
+            # Missing before the file's first beat is normal; after it, the file was
+            # lost (rank files and progress lines beat without it).
+            self._error = error if self._file_beat else None
             return None
         except OSError as error:
             self._error = error
@@ -64,19 +85,37 @@ class HeartbeatMonitor(Monitor):
         self._error = None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
+    def observe_line(self, line: str) -> None:
+        # One float assignment: safe from the reader threads without a lock.
+        if self.progress is not None and self.progress.search(line):
+            self._line_beat = time.monotonic()
+
     def _deadline(self) -> float:
         if self._last_beat is None:
             return self._started + max(self.startup_grace, self.timeout)
         return self._last_beat + self.timeout
 
     def next_check(self, now: float) -> float:
-        return min(now + self.interval, self._deadline())
+        rank_deadline = self.ranks.next_deadline(self.timeout)
+        return min(now + self.interval, self._deadline(), rank_deadline or self._deadline())
 
     def check(self, now: float) -> Verdict | None:
         signature = self._stat()
         if signature is not None and signature != self._signature:
             self._last_beat = now
+            self._file_beat = True
         self._signature = signature
+        if self.ranks.scan(now):
+            self._last_beat = now
+        line_beat = self._line_beat
+        if line_beat is not None and (self._last_beat is None or line_beat > self._last_beat):
+            self._last_beat = min(line_beat, now)
+        # Beats are paced by the client (a tenth of the timeout, at most 1 s) and seen
+        # up to one interval late: ranks closer than that stopped together.
+        margin = min(1.0, self.timeout / 10) + self.interval
+        blamed, detail = self.ranks.stale(now, self.timeout, margin)
+        if detail:
+            return Verdict(TerminationReason.HEARTBEAT_TIMEOUT, detail, ranks=blamed)
         if now < self._deadline():
             return None
         if self._error is not None:

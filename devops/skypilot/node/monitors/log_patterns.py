@@ -1,14 +1,19 @@
 """Fatal lines in the command's output, classified by a table of patterns.
 
-The table is data: defaults below, extended or replaced from the config file::
+The built-in table (:mod:`.log_table`) matches the real shapes of fatal messages;
+only entries that are certainly fatal (``stop``) end a live job, the others
+(``explain``) only say why the command failed once it failed on its own. The
+table is data: extended or replaced from the config file::
 
     [log_patterns]
     defaults = true            # keep the built-in table (after your own entries)
     [[log_patterns.match]]
     pattern = "RuntimeError: DataLoader worker .* is killed"
     reason = "job_failed"
+    action = "explain"         # or "stop" (the default for your own entries)
 
-The first matching entry wins; its line goes in the verdict's detail.
+The first matching entry of a line wins; its line goes in the verdict's detail.
+See docs/log-patterns.md.
 """
 
 from __future__ import annotations
@@ -16,51 +21,37 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.environment import flight_recorder_dump
 from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.line_scan import LineScan
+from devops.skypilot.node.monitors.log_table import (
+    DEFAULT_PATTERNS,
+    WATCHDOG_PATTERNS,
+    Action,
+    LogPattern,
+)
 from devops.skypilot.node.monitors.setup import MonitorSetup
+
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "EXPLAIN_WINDOW",
+    "WATCHDOG_PATTERNS",
+    "Action",
+    "LogPattern",
+    "LogPatternMonitor",
+    "patterns_from_config",
+]
 
 #: Longest line kept in a detail: enough to read, never a flood.
 MAX_DETAIL_LINE = 500
-
-
-@dataclass(frozen=True)
-class LogPattern:
-    pattern: re.Pattern[str]
-    reason: TerminationReason
-
-    @classmethod
-    def of(cls, regex: str, reason: TerminationReason) -> LogPattern:
-        return cls(re.compile(regex), reason)
-
-
-_CUDA, _NCCL = TerminationReason.CUDA_ERROR, TerminationReason.NCCL_ERROR
-
-#: torch's NCCL watchdog (ProcessGroupNCCL): a collective hung past its timeout,
-#: or the watchdog itself is stuck. A ``rank`` group puts that rank's flight
-#: recorder dump path in the detail.
-WATCHDOG_PATTERNS: tuple[LogPattern, ...] = (
-    LogPattern.of(r"\[Rank (?P<rank>\d+)\] Watchdog caught collective operation timeout", _NCCL),
-    LogPattern.of(r"Rank (?P<rank>\d+)\]\s+failure detected by watchdog at work sequence", _NCCL),
-    LogPattern.of(r"Watchdog caught collective operation timeout", _NCCL),
-    LogPattern.of(r"Some NCCL operations have failed or timed out", _NCCL),
-    LogPattern.of(r"Heartbeat monitor timed out! Process will be terminated", _NCCL),
-    LogPattern.of(r"ProcessGroupNCCL's watchdog got stuck for \d+ seconds", _NCCL),
-)
-
-DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
-    *WATCHDOG_PATTERNS,
-    LogPattern.of(r"\bNCCL error\b|\bnccl(?:Internal|System|UnhandledCuda|Remote)Error\b", _NCCL),
-    LogPattern.of(r"CUDA out of memory", _CUDA),
-    LogPattern.of(r"an illegal memory access was encountered", _CUDA),
-    LogPattern.of(r"uncorrectable ECC error encountered", _CUDA),
-    LogPattern.of(r"\bXid\b", _CUDA),
-)
+#: An ``explain`` line explains a failure only if at most this many lines follow
+#: it: a traceback and torchrun's summary fit; an out-of-memory error a batch-size
+#: finder caught hours earlier does not explain an unrelated crash.
+EXPLAIN_WINDOW = 1000
 
 
 def patterns_from_config(section: Mapping[str, Any] | None) -> tuple[LogPattern, ...]:
@@ -87,13 +78,18 @@ def _entry(index: int, entry: Any) -> LogPattern:
         names = ", ".join(reason.value for reason in TerminationReason)
         raise ConfigError(f"{where}: reason must be one of {names}") from None
     try:
-        return LogPattern.of(entry["pattern"], reason)
+        action = Action(entry.get("action", Action.STOP.value))
+    except ValueError:
+        raise ConfigError(f"{where}: action must be stop or explain") from None
+    try:
+        return LogPattern.of(entry["pattern"], reason, action)
     except re.error as error:
         raise ConfigError(f"{where}: bad regular expression: {error}") from None
 
 
 class LogPatternMonitor(Monitor):
-    """Stops the job on the first output line that matches a fatal pattern."""
+    """Stops the job on a certainly fatal line; explains a failure by the last fatal-
+    looking line near the end of the output."""
 
     interval = 0.2
 
@@ -105,8 +101,12 @@ class LogPatternMonitor(Monitor):
         self.patterns = tuple(patterns)
         #: The command's environment: where torch writes its flight recorder dumps.
         self._env = env or {}
-        self._match: Verdict | None = None
         self._lock = threading.Lock()
+        self._stop: Verdict | None = None
+        #: The latest matching line of any action, and its line number.
+        self._last: tuple[Verdict, int] | None = None
+        self._lines = 0
+        self._scan = LineScan((entry.pattern, entry.needles) for entry in self.patterns)
 
     @classmethod
     def create(cls, setup: MonitorSetup) -> LogPatternMonitor | None:
@@ -114,24 +114,50 @@ class LogPatternMonitor(Monitor):
         return cls(patterns, setup.child_env) if patterns else None
 
     def observe_line(self, line: str) -> None:
-        if self._match is not None:
-            return
+        found = self._classify(line)
+        with self._lock:  # two reader threads (stdout, stderr) call this
+            self._lines += 1
+            if found is None:
+                return
+            entry, verdict = found
+            self._last = (verdict, self._lines)
+            if entry.action is Action.STOP and self._stop is None:
+                self._stop = verdict
+
+    def observe_lines(self, block: str) -> None:
+        """A block at a time: only the lines the scan finds are classified, so the
+        verdicts are those of :meth:`observe_line` on every line, at C speed."""
+        found = [(index, self._classify(line)) for index, line in self._scan.candidates(block)]
+        with self._lock:
+            first = self._lines
+            self._lines += block.count("\n") + 1
+            for index, result in found:
+                if result is None:
+                    continue
+                entry, verdict = result
+                self._last = (verdict, first + index + 1)
+                if entry.action is Action.STOP and self._stop is None:
+                    self._stop = verdict
+
+    def _classify(self, line: str) -> tuple[LogPattern, Verdict] | None:
         for entry in self.patterns:
-            match = entry.pattern.search(line)
+            match = entry.search(line)
             if match:
                 detail = f"fatal log line: {line.strip()[:MAX_DETAIL_LINE]}"
                 rank = match.groupdict().get("rank")
                 dump = flight_recorder_dump(self._env, int(rank)) if rank else None
                 if dump:
                     detail += f" (flight recorder dump: {dump})"
-                verdict = Verdict(entry.reason, detail)
-                with self._lock:
-                    if self._match is None:
-                        self._match = verdict
-                return
+                return entry, Verdict(entry.reason, detail)
+        return None
 
     def check(self, now: float) -> Verdict | None:
-        return self._match
+        return self._stop
 
     def explain(self) -> Verdict | None:
-        return self._match
+        with self._lock:
+            if self._stop is not None:
+                return self._stop
+            if self._last is not None and self._lines - self._last[1] <= EXPLAIN_WINDOW:
+                return self._last[0]
+            return None

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+
+import psutil
 
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_RETRY, EXIT_SUCCESS
 from devops.skypilot.node.environment import (
@@ -56,6 +57,7 @@ from devops.skypilot.node.nccl.results import (
     PreflightResult,
     format_table,
 )
+from devops.skypilot.node.ports import free_listen_port
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ LAUNCH_SLACK = 10.0
 #: lingering socket of the training's own rendezvous.
 DEFAULT_PREFLIGHT_PORT = DEFAULT_MASTER_PORT + 1
 RESULT_FILE = "nccl-preflight.json"
+#: How often a running preflight looks whether it should give up.
+STOP_POLL = 0.1
 
 
 # --------------------------------------------------------------------------- launchers
@@ -79,27 +83,43 @@ def read_result(path: Path) -> PreflightResult | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _never() -> bool:
+    return False
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a launched process, its process group and every descendant: torchrun's
+    workers run in sessions of their own."""
+    descendants: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        descendants = psutil.Process(proc.pid).children(recursive=True)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for descendant in descendants:
+        with contextlib.suppress(psutil.Error):
+            descendant.kill()
     proc.wait()
 
 
-def _wait_all(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -> bool:
-    """Wait for every process until the deadline; False (and all killed) on timeout."""
+def _wait_all(
+    procs: Sequence[subprocess.Popen[bytes]], deadline: float, stop: Callable[[], bool]
+) -> str | None:
+    """Wait for every process until the deadline or ``stop()``; None when all ended,
+    else why not (and every process killed)."""
     try:
         for proc in procs:
-            proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+            while True:
+                if stop():
+                    return "stopped (the runner was signalled)"
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timed out"
+                try:
+                    proc.wait(timeout=min(remaining, STOP_POLL))
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        return None
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -124,16 +144,16 @@ def _launch_failure(
 
 def _collect(
     procs: Sequence[subprocess.Popen[bytes]],
-    finished: bool,
+    unfinished: str | None,
     json_path: Path,
     options: PreflightOptions,
     world_size: int,
     started: float,
 ) -> PreflightResult:
     cost = time.monotonic() - started
-    if not finished:
+    if unfinished is not None:
         return _launch_failure(
-            options, world_size, f"timed out after {cost:.1f}s; every rank killed", cost
+            options, world_size, f"{unfinished} after {cost:.1f}s; every rank killed", cost
         )
     result = read_result(json_path)
     codes = [proc.returncode for proc in procs]
@@ -157,8 +177,13 @@ def _module_command(options: PreflightOptions, json_path: Path) -> list[str]:
 Spawn = Callable[[list[str]], list["subprocess.Popen[bytes]"]]
 
 
-def _launch(options: PreflightOptions, world_size: int, spawn: Spawn) -> PreflightResult:
-    """Start the workers ``spawn`` makes, bound them, and read local rank 0's result."""
+def _launch(
+    options: PreflightOptions, world_size: int, spawn: Spawn, stop: Callable[[], bool]
+) -> PreflightResult:
+    """Start the workers ``spawn`` makes, bound them, and read local rank 0's result.
+
+    ``stop()`` turning true (the runner got a stop signal) kills them at once.
+    """
     with tempfile.TemporaryDirectory(prefix="skyguard-nccl-") as tmp:
         json_path = options.json_path or Path(tmp) / RESULT_FILE
         json_path.unlink(missing_ok=True)  # a stale result must not pass for this one
@@ -166,25 +191,29 @@ def _launch(options: PreflightOptions, world_size: int, spawn: Spawn) -> Preflig
         procs: list[subprocess.Popen[bytes]] = []
         try:
             procs = spawn(_module_command(options, json_path))
-            finished = _wait_all(procs, started + options.timeout + LAUNCH_SLACK)
+            unfinished = _wait_all(procs, started + options.timeout + LAUNCH_SLACK, stop)
         finally:
             # Also when spawning failed half-way: no rank outlives the launcher.
             for proc in procs:
                 if proc.poll() is None:
                     _kill_group(proc)
-        result = _collect(procs, finished, json_path, options, world_size, started)
+        result = _collect(procs, unfinished, json_path, options, world_size, started)
     if options.show:
         print(format_table(result), flush=True)
     return result
 
 
 def spawn_local(
-    nproc: int, options: PreflightOptions, *, master_port: int | None = None
+    nproc: int,
+    options: PreflightOptions,
+    *,
+    master_port: int | None = None,
+    stop: Callable[[], bool] = _never,
 ) -> PreflightResult:
     """Run the preflight with ``nproc`` ranks on this machine (single node, no torchrun)."""
     if nproc < 1:
         raise PreflightConfigError(f"--nproc must be >= 1, got {nproc}")
-    port = master_port or _free_port()
+    port = master_port or free_listen_port()
 
     def spawn(module: list[str]) -> list[subprocess.Popen[bytes]]:
         procs = []
@@ -202,7 +231,7 @@ def spawn_local(
             )
         return procs
 
-    return _launch(options, nproc, spawn)
+    return _launch(options, nproc, spawn, stop)
 
 
 def run_preflight(
@@ -211,6 +240,7 @@ def run_preflight(
     *,
     master_port: int = DEFAULT_PREFLIGHT_PORT,
     launcher: Sequence[str] | None = None,
+    stop: Callable[[], bool] = _never,
 ) -> PreflightResult:
     """The runner's ``--preflight`` on this node: all nodes must call it at about the same time.
 
@@ -218,11 +248,12 @@ def run_preflight(
     torchrun with the job's rendezvous on ``master_port``, one rank per GPU;
     each node reads the result its local rank 0 wrote (they all agree).
     Prints the table unless ``options.show`` is off. Never raises for a failed
-    check; bounded by ``options.timeout`` plus :data:`LAUNCH_SLACK`.
+    check; bounded by ``options.timeout`` plus :data:`LAUNCH_SLACK`, and cut short
+    (every rank killed) as soon as ``stop()`` is true.
     """
     nproc = max(sky_env.num_gpus_per_node, 1)
     if not sky_env.multi_node:
-        return spawn_local(nproc, options)
+        return spawn_local(nproc, options, stop=stop)
 
     def spawn(module: list[str]) -> list[subprocess.Popen[bytes]]:
         try:
@@ -237,7 +268,7 @@ def run_preflight(
             raise PreflightConfigError(str(exc)) from None
         return [subprocess.Popen(argv, start_new_session=True)]
 
-    return _launch(options, sky_env.num_nodes * nproc, spawn)
+    return _launch(options, sky_env.num_nodes * nproc, spawn, stop)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,0 +1,216 @@
+"""How fast a chatty command's output gets through the runner (`benchmarks/output_throughput.py`).
+
+The same writer runs three ways, interleaved within one run of this script:
+``writer | cat > /dev/null`` (the baseline), ``skyguard run -- writer > /dev/null``
+with the built-in monitors (log patterns included), and the same without log
+patterns (the copy alone). The writer writes ``--megabytes`` MiB with ``os.write``
+as fast as its pipe takes them, in 100-byte lines, 1 KiB lines or with no newline
+at all, and notes ``time.monotonic()`` before its first and after its last write:
+its throughput is what back-pressure left it. For each run the harness also
+samples the runner's peak RSS and checks that ``logs/attempt-1.log`` holds every
+byte, in order. Reports median and spread of MB/s and of the ratio to ``cat`` in
+the same repeat; writes ``benchmarks/results/output_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devops.skypilot.node.state import write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "output_throughput.json"
+BLOCK = 1 << 20
+#: The output shapes: name -> bytes of one line (0: no newline at all).
+SHAPES = {"100-byte lines": 100, "1 KiB lines": 1024, "no newlines": 0}
+#: How the writer's output is consumed: name -> runner options (None: through cat).
+WAYS: dict[str, tuple[str, ...] | None] = {
+    "cat": None,
+    "skyguard": (),
+    "skyguard, no log patterns": ("--config", "{tmp}/no-patterns.toml"),
+}
+NO_PATTERNS = "[log_patterns]\ndefaults = false\n"
+
+WRITER = r"""
+import os, sys, time
+line, total, timing = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, os.environ["BENCH_REPO"])
+from benchmarks.output_throughput import block
+data = block(line)
+view = memoryview(data)
+start = time.monotonic()
+written = 0
+while written < total:
+    written += os.write(1, view[: min(len(view), total - written)])
+end = time.monotonic()
+with open(timing, "w") as out:
+    out.write(f"{start} {end}")
+"""
+
+
+def block(line: int) -> bytes:
+    """One MiB of output: numbered lines of ``line`` bytes, or no newline (``line`` 0)."""
+    if not line:
+        return bytes(ord("a") + i % 26 for i in range(BLOCK))
+    count = BLOCK // line
+    body = b"".join(b"step %08d loss %s" % (i, b"." * (line - 20)) + b"\n" for i in range(count))
+    return body + b"#" * (BLOCK - len(body))
+
+
+@dataclass
+class Run:
+    way: str
+    shape: str
+    mb_per_s: float
+    peak_rss_mb: float = 0.0
+    log_complete: bool | None = None
+
+
+def _peak_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
+    try:
+        process = psutil.Process(pid)
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+    except psutil.Error:
+        pass
+
+
+def run_once(way: str, shape: str, megabytes: int, tmp: Path) -> Run:
+    total = megabytes * BLOCK
+    timing = tmp / "timing"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_REPO": str(REPO)}
+    writer = [sys.executable, "-c", WRITER, str(SHAPES[shape]), str(total), str(timing)]
+    options = WAYS[way]
+    state = tmp / "state"
+    peak = [0.0]
+    with open(os.devnull, "wb") as devnull:
+        if options is None:
+            subprocess.run(
+                ["sh", "-c", '"$@" | cat', "sh", *writer], stdout=devnull, env=env, check=True
+            )
+        else:
+            argv = [
+                sys.executable,
+                "-m",
+                "devops.skypilot",
+                "run",
+                "--state-dir",
+                str(state),
+                *(option.replace("{tmp}", str(tmp)) for option in options),
+                "--",
+                *writer,
+            ]
+            process = subprocess.Popen(argv, stdout=devnull, stderr=subprocess.PIPE, env=env)
+            stop = threading.Event()
+            sampler = threading.Thread(target=_peak_rss, args=(process.pid, stop, peak))
+            sampler.start()
+            _, stderr = process.communicate()
+            stop.set()
+            sampler.join()
+            if process.returncode != 0:
+                raise RuntimeError(f"runner exited {process.returncode}: {stderr.decode()[-2000:]}")
+    start, end = (float(value) for value in timing.read_text().split())
+    result = Run(way, shape, total / (end - start) / 1e6, peak[0])
+    if options is not None:
+        result.log_complete = _log_complete(state / "logs" / "attempt-1.log", shape, total)
+        shutil.rmtree(state)  # the next run is attempt 1 again
+    return result
+
+
+def _log_complete(log: Path, shape: str, total: int) -> bool:
+    expected = block(SHAPES[shape])
+    if log.stat().st_size != total:
+        return False
+    with log.open("rb") as handle:
+        return all(handle.read(BLOCK) == expected for _ in range(total // BLOCK))
+
+
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for shape in SHAPES:
+        cat = [run.mb_per_s for run in runs if run.way == "cat" and run.shape == shape]
+        for way in WAYS:
+            mine = [run for run in runs if run.way == way and run.shape == shape]
+            speeds = [run.mb_per_s for run in mine]
+            ratios = [run.mb_per_s / base for run, base in zip(mine, cat, strict=True)]
+            rows.append(
+                {
+                    "shape": shape,
+                    "way": way,
+                    "mb_per_s": {
+                        "median": statistics.median(speeds),
+                        "min": min(speeds),
+                        "max": max(speeds),
+                    },
+                    "ratio_to_cat": {
+                        "median": statistics.median(ratios),
+                        "min": min(ratios),
+                        "max": max(ratios),
+                    },
+                    "peak_rss_mb": max(run.peak_rss_mb for run in mine),
+                    "log_complete": None if way == "cat" else all(run.log_complete for run in mine),
+                    "n": len(mine),
+                }
+            )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--megabytes", type=int, default=512, help="MiB per run")
+    args = parser.parse_args()
+    runs: list[Run] = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "no-patterns.toml").write_text(NO_PATTERNS)
+        for _ in range(args.repeats):
+            for shape in SHAPES:
+                for way in WAYS:
+                    runs.append(run_once(way, shape, args.megabytes, tmp))
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "megabytes_per_run": args.megabytes,
+        "repeats": args.repeats,
+        "rows": summarise(runs),
+    }
+    write_json_atomic(RESULTS, result)
+    print(
+        f"Output throughput ({result['date']}, {result['machine']}, {args.megabytes} MiB, "
+        f"load average {result['load_average']})\n"
+    )
+    print("| output | way | MB/s median (min-max) | / cat median (min-max) | peak RSS MB | log |")
+    print("|---|---|---|---|---|---|")
+    for row in result["rows"]:
+        speed, ratio = row["mb_per_s"], row["ratio_to_cat"]
+        log = {None: "", True: "complete", False: "**incomplete**"}[row["log_complete"]]
+        rss = f"{row['peak_rss_mb']:.0f}" if row["way"] != "cat" else ""
+        print(
+            f"| {row['shape']} | {row['way']} "
+            f"| {speed['median']:.0f} ({speed['min']:.0f}-{speed['max']:.0f}) "
+            f"| {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f}) | {rss} | {log} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The command's output: copied to ours, appended to the attempt log, fed to the monitors.
+
+One reader thread per stream (stdout, stderr), so a command that fills one pipe
+never blocks on the other, and the event loop never blocks on a read. Each thread
+moves up to a MiB per read (the pipes are grown to that), and hands the monitors
+whole lines a block at a time: a chatty command pays a few system calls per MiB,
+not a Python call per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+#: One read: the capacity the pipes are grown to (Linux's default limit for anyone).
+_READ_SIZE = 1 << 20
+#: A "line" longer than this is cut and classified in pieces, so a command
+#: that prints without newlines cannot make the runner buffer without bound.
+_MAX_LINE = 65536
+#: How long to wait for the output pipes to drain after the tree is gone.
+_DRAIN_TIMEOUT = 2.0
+#: Kept free beside the attempt log for the termination record (~180 attempts of history).
+RESERVE_FILE = ".record-reserve"
+RESERVE_BYTES = 65536
+
+#: Takes whole lines of output joined by newlines (no trailing newline): every line
+#: completed by one read, or one piece of a line cut at ``_MAX_LINE``.
+LineSink = Callable[[str], None]
+
+
+class _Tee(threading.Thread):
+    """Copies one output stream of the command to ours, to the log, and to the monitors.
+
+    The bytes are copied as read, in chunks of up to a pipe's capacity; the lines
+    are found only for the monitors, a whole chunk's worth at a time (up to its last
+    newline), so a chatty command pays a few system calls per MiB, not a call per line.
+    """
+
+    def __init__(
+        self,
+        source: IO[bytes],
+        target_fd: int,
+        log: AttemptLog,
+        sink: LineSink | None,
+    ) -> None:
+        super().__init__(name=f"skyguard-tee-{target_fd}", daemon=True)
+        self._source_fd = source.fileno()
+        self._source = source
+        self._target_fd = target_fd
+        self._log = log
+        self._sink = sink
+        self._target_open = True
+        #: The unfinished last line, kept for the monitors only.
+        self._pending = b""
+
+    def run(self) -> None:
+        _grow_pipe(self._source_fd)
+        try:
+            while chunk := os.read(self._source_fd, _READ_SIZE):
+                self._forward(chunk)
+                self._log.write(chunk)
+                if self._sink is not None:
+                    self._lines(chunk)
+            if self._pending and self._sink is not None:
+                self._sink(_text(self._pending))
+        except OSError as error:
+            logger.warning("skyguard: output reader stopped: %s", error)
+        finally:
+            self._source.close()
+
+    def _forward(self, chunk: bytes) -> None:
+        if not self._target_open:
+            return
+        try:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._target_fd, view) :]
+        except OSError:
+            # Our own stdout went away; keep draining the command so it never blocks.
+            self._target_open = False
+
+    def _lines(self, chunk: bytes) -> None:
+        """Hand the monitors every line this chunk completes, as one block."""
+        assert self._sink is not None
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            rest = self._pending + chunk
+        else:
+            whole = memoryview(chunk)[:end]
+            self._sink(_text(self._pending + whole if self._pending else whole))
+            rest = chunk[end + 1 :]
+        while len(rest) > _MAX_LINE:
+            self._sink(_text(rest[:_MAX_LINE]))
+            rest = rest[_MAX_LINE:]
+        self._pending = rest
+
+
+def _text(data: bytes | memoryview) -> str:
+    return str(data, "utf-8", "replace")
+
+
+def _grow_pipe(fd: int) -> None:
+    """A bigger pipe: fewer wake-ups for us, fewer stalls for the command."""
+    with contextlib.suppress(OSError, AttributeError):  # not a pipe; not Linux
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _READ_SIZE)
+
+
+class AttemptLog:
+    """``logs/attempt-N.log``, written by both readers. A write that fails (a full
+    disk, EIO from a bucket mount) ends the log, never the copy: the command's
+    output still reaches our stdout/stderr, and the log is reported incomplete once.
+
+    A small reserve file is kept beside the log while it is written and removed
+    when it closes, so a log that filled the disk still leaves room for the record.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._lock = threading.Lock()
+        self._written = 0
+        #: Why the log is incomplete; None while it holds every byte.
+        self.problem: str | None = None
+        self._reserve = path.parent / RESERVE_FILE
+        try:
+            with open(self._reserve, "wb") as reserve:
+                os.posix_fallocate(reserve.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            # Already full, or unsupported: the record may then fail to write (and says so).
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; never raises."""
+        with self._lock:
+            if self._fd is None or self.problem is not None:
+                return
+            view = memoryview(chunk)
+            try:
+                while view:
+                    done = os.write(self._fd, view)
+                    self._written += done
+                    view = view[done:]
+            except OSError as error:
+                self._fail(error)
+
+    def _fail(self, error: OSError) -> None:
+        self.problem = (
+            f"attempt log incomplete: {self.path.name} stops after {self._written} bytes "
+            f"({error.strerror or error}); the command's output went on to stdout/stderr"
+        )
+        logger.warning("skyguard: %s", self.problem)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)  # NFS and FUSE report a failed flush here
+                except OSError as error:
+                    if self.problem is None:
+                        self._fail(error)
+                self._fd = None
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
+
+
+class OutputCopy:
+    """The command's stdout and stderr, each copied to ours and to the attempt log."""
+
+    def __init__(self, log_path: Path, sink: LineSink | None) -> None:
+        self._log = AttemptLog(log_path)
+        self._sink = sink
+        self._tees: list[_Tee] = []
+
+    @property
+    def log_problem(self) -> str | None:
+        """Why the attempt log is incomplete; None if it holds every byte."""
+        return self._log.problem
+
+    def start(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        """Start copying the command's two pipes (their read ends)."""
+        self._tees = [
+            _Tee(stdout, sys.stdout.fileno(), self._log, self._sink),
+            _Tee(stderr, sys.stderr.fileno(), self._log, self._sink),
+        ]
+        for tee in self._tees:
+            tee.start()
+
+    def close(self) -> None:
+        """Let the readers drain, then close the log. Call once the tree is stopped."""
+        for tee in self._tees:
+            tee.join(_DRAIN_TIMEOUT)
+        if any(tee.is_alive() for tee in self._tees):
+            logger.warning("skyguard: output still open after the tree was stopped; not waiting")
+        else:
+            self._log.close()

@@ -1,0 +1,105 @@
+"""What was already said for a task: ``<state-dir>/notifications.json``.
+
+The state dir lives on storage that survives a managed-job recovery, so a restarted
+runner (same task id) neither announces the same thing twice nor posts again to a
+webhook that was deleted earlier in the task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "notifications.json"
+
+
+@dataclass(frozen=True)
+class DedupKey:
+    task_id: str
+    phase: Phase
+    reason: TerminationReason | None
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "task_id": self.task_id,
+            "phase": self.phase.value,
+            "reason": self.reason.value if self.reason else "",
+        }
+
+
+class SentLog:
+    """``{"sent": [...], "gone": [...]}``: what each channel carried, and which
+    channels' endpoints are gone, per task. Written atomically."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATE_FILE
+
+    def _load(self) -> dict[str, list[dict[str, Any]]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data["sent"], list):
+                raise TypeError("'sent' is not a list")
+        except FileNotFoundError:
+            return {"sent": [], "gone": []}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable %s: %s", self.path, exc)
+            return {"sent": [], "gone": []}
+        loaded: dict[str, list[dict[str, Any]]] = {}
+        for name in ("sent", "gone"):
+            # Files written before "gone" existed have only "sent".
+            entries = data.get(name)
+            entries = entries if isinstance(entries, list) else []
+            loaded[name] = [entry for entry in entries if isinstance(entry, dict)]
+        return loaded
+
+    def sent(self, key: DedupKey) -> frozenset[str]:
+        wanted = key.as_json()
+        return frozenset(
+            str(entry.get("channel"))
+            for entry in self._load()["sent"]
+            if all(entry.get(k) == v for k, v in wanted.items())
+        )
+
+    def gone(self, task_id: str) -> dict[str, str]:
+        """channel -> why its endpoint is not used again for this task."""
+        return {
+            str(entry.get("channel")): str(entry.get("detail", ""))
+            for entry in self._load()["gone"]
+            if entry.get("task_id") == task_id
+        }
+
+    def record(self, key: DedupKey, channels: Iterable[str]) -> None:
+        data = self._load()
+        data["sent"].extend({**key.as_json(), "channel": c} for c in sorted(channels))
+        self._write(data)
+
+    def record_gone(self, task_id: str, gone: Mapping[str, str]) -> None:
+        data = self._load()
+        data["gone"].extend(
+            {"task_id": task_id, "channel": channel, "detail": detail}
+            for channel, detail in sorted(gone.items())
+        )
+        self._write(data)
+
+    def _write(self, data: Mapping[str, list[dict[str, Any]]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{STATE_FILE}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"version": 1, **data}, handle, indent=1)
+                handle.write("\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

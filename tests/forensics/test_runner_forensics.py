@@ -1,0 +1,125 @@
+"""`skyguard run` on real hung ranks: the record names the culprit rank and its line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from devops.skypilot.node.forensics.capture import find_py_spy
+from tests.conftest import PYTHON, REPO, SkyguardRunner
+
+LAUNCH = str(REPO / "tests" / "forensics" / "launch.py")
+HUNG = REPO / "tests" / "forensics" / "hung.py"
+#: The startup grace covers slow starts on a loaded machine; the hang itself is
+#: caught 1 s after the ranks' last beat.
+HANG = ("--heartbeat-timeout", "1", "--startup-grace", "60", "--forensics-timeout", "3")
+
+
+def _line_of(text: str) -> int:
+    lines = HUNG.read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
+
+
+def _termination_line(stderr: str) -> dict[str, object]:
+    line = next(line for line in stderr.splitlines() if line.startswith("skyguard: termination "))
+    data: dict[str, object] = json.loads(line.removeprefix("skyguard: termination "))
+    return data
+
+
+def test_a_hung_rank_is_named_before_the_kill(skyguard: SkyguardRunner) -> None:
+    result = skyguard.run([PYTHON, LAUNCH, "collective", "sleep"], *HANG)
+    assert result.returncode == 75, result.stderr
+    record = result.record
+    assert record["reason"] == "heartbeat_timeout"
+    forensics = record["forensics"]
+    sleep_line = _line_of("time.sleep(3600)")
+    assert forensics["summary"].startswith("rank 1 (pid ")
+    assert (
+        f"in time.sleep at hung.py:{sleep_line} (_run_epoch); rank 0: in os.read"
+        in (forensics["summary"])
+    )
+    # Both ranks and the launcher were looked at; the ranks had stacks.
+    assert forensics["processes"] == 3 and forensics["captured"] >= 2
+    assert f"stacks: {forensics['summary']}" in record["detail"]
+    assert _termination_line(result.stderr)["forensics"] == forensics
+    stacks = Path(forensics["directory"]) / "stacks.txt"
+    assert stacks.read_text().startswith(forensics["summary"] + "\n")
+    assert forensics["directory"] == str(result.state_dir / "forensics" / "attempt-1")
+    state = str(result.state_dir)
+    status = subprocess.run(
+        [PYTHON, "-m", "devops.skypilot", "status", "exp", "--offline", "--state-dir", state],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"stacks: {forensics['summary']}" in status.stdout, status.stderr
+
+
+def test_a_rank_that_ignores_sigterm_is_named_and_then_killed(skyguard: SkyguardRunner) -> None:
+    result = skyguard.run([PYTHON, LAUNCH, "noterm", "collective"], *HANG, "--grace", "0.5")
+    assert result.returncode == 75, result.stderr
+    assert result.record["forensics"]["summary"].startswith("rank 0 (pid ")
+    assert "SIGKILL" in result.stderr  # the leak check proves the tree is gone
+
+
+def test_a_hanging_py_spy_does_not_hold_the_stop(skyguard: SkyguardRunner, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "py-spy").write_text("#!/bin/sh\nexec sleep 60\n")
+    (bin_dir / "py-spy").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = skyguard.run(
+        [PYTHON, LAUNCH, "collective", "syscall"],
+        "--heartbeat-timeout",
+        "1",
+        "--startup-grace",
+        "60",
+        "--forensics-timeout",
+        "2",
+        env=env,
+    )
+    assert result.returncode == 75, result.stderr
+    forensics = result.record["forensics"]
+    # faulthandler answered for the ranks; py-spy was killed at the bound.
+    assert forensics["sources"] == ["faulthandler"]
+    assert forensics["summary"].startswith("rank 1 (pid ")
+    assert "in libc.select at hung.py" in forensics["summary"]
+    # The launcher never registered a dump: py-spy was its only way.
+    stacks = (Path(forensics["directory"]) / "stacks.txt").read_text()
+    assert "no stack (py-spy timed out)" in stacks
+
+
+def test_no_capture_for_a_crash_a_success_or_when_turned_off(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    crashed = skyguard.run(
+        [PYTHON, "-c", "raise SystemExit(3)"], *HANG, state_dir=tmp_path / "crashed"
+    )
+    assert (crashed.returncode, crashed.record["forensics"]) == (3, None)
+    succeeded = skyguard.run([PYTHON, "-c", "pass"], *HANG, state_dir=tmp_path / "succeeded")
+    assert (succeeded.returncode, succeeded.record["forensics"]) == (0, None)
+    off = skyguard.run(
+        [PYTHON, LAUNCH, "sleep"],
+        "--heartbeat-timeout",
+        "1",
+        "--startup-grace",
+        "60",
+        "--forensics-timeout",
+        "0",
+        state_dir=tmp_path / "off",
+    )
+    assert (off.returncode, off.record["forensics"]) == (75, None)
+    for result in (crashed, succeeded, off):
+        assert not (result.state_dir / "forensics" / "attempt-1" / "stacks.txt").exists()
+
+
+def test_py_spy_is_used_where_installed(skyguard: SkyguardRunner) -> None:
+    if find_py_spy() is None:
+        return
+    result = skyguard.run([PYTHON, LAUNCH, "sleep", "collective"], *HANG)
+    forensics = result.record["forensics"]
+    assert forensics["sources"] == ["py-spy"]
+    assert forensics["summary"].startswith("rank 0 (pid ")
