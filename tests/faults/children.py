@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from devops.skypilot.heartbeat import Heartbeat
 
 
@@ -342,6 +344,51 @@ def random_bytes(megabytes: str, seed: str) -> int:
     return 0
 
 
+def checkpoint_on_usr1() -> int:
+    """Beat until SIGUSR1 says "checkpoint now", then save and exit 0 (Slurm's
+    ``--signal=USR1@N`` setups)."""
+    asked: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))
+    beat = Heartbeat(min_interval=0)
+    ready()
+    while not asked:
+        beat.beat()
+        time.sleep(0.05)
+    print("checkpoint-on-usr1: got SIGUSR1, checkpoint saved", flush=True)
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def leave_tree(pid_file: str) -> int:
+    """Attempt 2: a tree that ignores SIGTERM (the command, a child in its group, one
+    in a session of its own as torchrun's workers), its pids in ``pid_file``; hang.
+    Any later attempt: note which of them are alive as it starts, and exit 0."""
+    if os.environ["SKYGUARD_ATTEMPT"] != "2":
+        alive = [pid for pid in map(int, Path(pid_file).read_text().split()) if _alive(pid)]
+        Path(pid_file + ".at-restart").write_text(" ".join(map(str, alive)))
+        return 0
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pids = [os.getpid()]
+    for own_session in (False, True):
+        pid = os.fork()
+        if pid == 0:
+            if own_session:
+                os.setsid()
+            hang()
+        pids.append(pid)
+    Path(pid_file + ".tmp").write_text(" ".join(map(str, pids)))
+    os.replace(pid_file + ".tmp", pid_file)
+    ready()
+    hang()
+    return 0
+
+
 MODES: dict[str, Callable[..., int]] = {
     "crash": crash,
     "kill-self": kill_self,
@@ -364,6 +411,8 @@ MODES: dict[str, Callable[..., int]] = {
     "exit-leaving-helper": exit_leaving_helper,
     "hang-ready-on-sigterm": hang_ready_on_sigterm,
     "pid-hopper": pid_hopper,
+    "checkpoint-on-usr1": checkpoint_on_usr1,
+    "leave-tree": leave_tree,
     "say": say,
     "random-bytes": random_bytes,
     "print-env": print_env,

@@ -70,6 +70,14 @@ wait "$runner"
 """
 #: ``skyguard run ... 2>&1 | head -1``: the runner's stdout and stderr are one pipe whose
 #: reader is gone (not merely slow) by the time ``$FAULT_GO`` exists.
+#: The runner is SIGKILLed by the scenario's action; once ``$FAULT_GO`` exists a second
+#: runner starts on the same state dir.
+RESTART_WRAPPER = r"""
+"$@" &
+wait $!
+while [ ! -e "$FAULT_GO" ]; do sleep 0.02; done
+exec "$@"
+"""
 HEAD_WRAPPER = r"""
 "$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
 exit "${PIPESTATUS[0]}"
@@ -87,9 +95,11 @@ class Live:
     go: Path
     endpoint: Endpoint | None = None
 
-    def wait_until(self, what: str, condition: Callable[[], bool]) -> None:
+    def wait_until(
+        self, what: str, condition: Callable[[], bool], bound: float = RUN_BOUND
+    ) -> None:
         """Poll ``condition`` while the runner lives (a guard against hanging, not a timing)."""
-        deadline = time.monotonic() + RUN_BOUND
+        deadline = time.monotonic() + bound
         while not condition():
             assert self.process.poll() is None, f"runner exited before {what}"
             assert time.monotonic() < deadline, f"never {what}"
@@ -562,6 +572,64 @@ def hopper_gone(done: Finished) -> None:
     assert trail.stat().st_size == before, "a pid-hopping descendant outlived the runner"
 
 
+# --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded, other signals stop
+
+
+def checkpoint_taken(done: Finished) -> None:
+    assert "checkpoint-on-usr1: got SIGUSR1" in done.stdout.read_text()
+    assert "forwarded SIGUSR1 to the command" in done.stderr
+
+
+def _watchdog(live: Live) -> list[psutil.Process]:
+    """The attempt's watchdog: its command line names the token attempt.json holds."""
+    token = json.loads((live.state_dir / "attempt.json").read_text()).get("command_token")
+    if not token:
+        return []
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "devops.skypilot.node.leftovers" in process.cmdline() and token in process.cmdline():
+                found.append(process)
+    return found
+
+
+def sigkill_runner(watchdog_too: bool) -> Action:
+    """SIGKILL the runner (and its watchdog) mid-attempt. With the watchdog alive, wait
+    until the whole tree is gone, then let the second runner start."""
+
+    def act(live: Live) -> None:
+        live.wait_ready()
+        live.wait_until("checkpointed", lambda: (live.state_dir / "attempt.json").exists())
+        wrapper = psutil.Process(live.process.pid)
+        (runner,) = [child for child in wrapper.children() if "devops.skypilot" in child.cmdline()]
+        watchdog = _watchdog(live)
+        runner.kill()
+        if watchdog_too:
+            for process in watchdog:
+                process.kill()
+        else:
+            pids = [int(pid) for pid in (live.tmp / "tree").read_text().split()]
+
+            def tree_gone() -> bool:
+                return not any(psutil.pid_exists(pid) and not _zombie(pid) for pid in pids)
+
+            # "A few seconds": the grace (1 s) and a generous margin for a loaded machine.
+            live.wait_until("stopped the orphaned tree", tree_gone, bound=30.0)
+            live.wait_until("ended its watchdog", lambda: not any(p.is_running() for p in watchdog))
+        live.go.touch()
+
+    return act
+
+
+def tree_gone_at_restart(message: str) -> Check:
+    def check(done: Finished) -> None:
+        assert (done.tmp / "tree.at-restart").read_text() == "", "the old tree was alive"
+        assert message in done.stderr, done.stderr[-3000:]
+        pids_gone("tree")(done)
+
+    return check
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("child-crash", child("crash"), "job_failed", 1),
     Scenario("child-sigkill", child("kill-self", "SIGKILL"), "job_failed", 137, signal="SIGKILL"),
@@ -872,6 +940,52 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=signal_during_startup(signal.SIGTERM),
         check=never_started,
     ),
+    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded, others stop
+    *(
+        Scenario(
+            f"runner-{signum.name.lower()}",
+            child("beat-forever"),
+            "signalled",
+            75,
+            hb("5"),
+            signal="SIGTERM",
+            action=send_to_runner(signum),
+            check=detail_has(f"runner received {signum.name}"),
+        )
+        for signum in (signal.SIGALRM, signal.SIGXCPU, signal.SIGQUIT)
+    ),
+    Scenario(
+        "runner-sigusr1-forwarded",
+        child("checkpoint-on-usr1"),
+        "completed",
+        0,
+        hb("5"),
+        action=send_to_runner(signal.SIGUSR1),
+        check=checkpoint_taken,
+    ),
+    Scenario(
+        # The kernel kills the command with the runner, the watchdog the rest of the tree.
+        "runner-sigkilled-tree-follows",
+        child("leave-tree", "{tmp}/tree"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        history=3,
+        launcher="sigkill-restart",
+        action=sigkill_runner(watchdog_too=False),
+        check=tree_gone_at_restart("the runner died; stopped"),
+    ),
+    Scenario(
+        "runner-and-watchdog-sigkilled-next-start-stops-tree",
+        child("leave-tree", "{tmp}/tree"),
+        "completed",
+        0,
+        ("--grace", "1"),
+        history=3,
+        launcher="sigkill-restart",
+        action=sigkill_runner(watchdog_too=True),
+        check=tree_gone_at_restart("left running by attempt 2"),
+    ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
     Scenario(
         "child-pid-hopper",
@@ -1041,6 +1155,8 @@ def _launch(
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
     if scenario.launcher == "head-1":
         return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
+    if scenario.launcher == "sigkill-restart":
+        return ["sh", "-c", RESTART_WRAPPER, "sh", *skyguard.argv(runner_args)]
     if scenario.launcher.startswith("clock"):
         env["CLOCK_JUMP"] = scenario.launcher.removeprefix("clock")
         return [PYTHON, CLOCK_JUMP, *runner_args]
@@ -1048,10 +1164,12 @@ def _launch(
 
 
 def _runner_process(process: subprocess.Popen[bytes], scenario: Scenario) -> psutil.Process | None:
-    """The runner itself (below the wrapper shell in the read-only and head-1 scenarios)."""
+    """The runner itself (below the wrapper shell in the read-only, head-1 and
+    sigkill-restart scenarios, until the wrapper becomes the second runner)."""
     try:
         top = psutil.Process(process.pid)
-        if scenario.launcher not in ("read-only", "head-1"):
+        wrappers = ("read-only", "head-1", "sigkill-restart")
+        if scenario.launcher not in wrappers or "devops.skypilot" in top.cmdline():
             return top
         for candidate in top.children():
             if "devops.skypilot" in candidate.cmdline():

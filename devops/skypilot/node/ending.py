@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from devops.skypilot.common.termination import Verdict, shell_exit_code, signal_name
 from devops.skypilot.node.process import SupervisedProcess
-from devops.skypilot.node.signals import STOP_SIGNALS, SignalWaker
+from devops.skypilot.node.signals import CANCEL_SIGNALS, SignalWaker
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,15 @@ def deciding_signal(
     """The runner's signal that decides the attempt, if any.
 
     ``ended_by`` came before the end was seen; ``late`` ones came while the tree
-    was being stopped. A late one decides only when the command itself died of a
-    stop signal on its own: that is how one signal to the whole tree (a cancel, a
-    preemption) looks when the command's death is seen a moment before the
-    runner's own copy arrives, and both are the same end. The others are logged.
+    was being stopped. A late one decides only when the command itself died of
+    SIGTERM, SIGINT or SIGHUP on its own: that is how one signal to the whole tree
+    (a cancel, a preemption) looks when the command's death is seen a moment
+    before the runner's own copy arrives, and both are the same end. The others
+    are logged.
     """
     deciding = ended_by
-    killed_by_stop_signal = returncode is not None and -returncode in STOP_SIGNALS
-    if deciding is None and late and verdict is None and killed_by_stop_signal:
+    killed_by_cancel = returncode is not None and -returncode in CANCEL_SIGNALS
+    if deciding is None and late and verdict is None and killed_by_cancel:
         deciding, late = late[0], late[1:]
     for signum in late:
         logger.warning(

@@ -7,6 +7,11 @@ double-forked daemon of the command is re-parented to the runner instead of
 init, and can be found and killed with everything else: no process is left
 holding a GPU. The runner reaps every child itself (``waitpid(-1)``), which is
 why the command's exit status is taken here and not from ``Popen.wait``.
+
+The command never outlives a runner that dies without stopping it (SIGKILL, the
+OOM killer): the kernel SIGKILLs the command when the runner goes
+(``PR_SET_PDEATHSIG``), and :mod:`devops.skypilot.node.leftovers` stops the rest
+of its tree.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
+from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.output import LineSink, OutputCopy
 from devops.skypilot.node.signals import SignalWaker
 
 logger = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 #: SIGKILL is not ignorable, but a fork bomb keeps making new targets.
 _KILL_ROUNDS_TIMEOUT = 10.0
@@ -40,6 +47,28 @@ def become_subreaper() -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def _dies_with_runner() -> Callable[[], None] | None:
+    """A ``preexec_fn``: the kernel SIGKILLs the command when the runner dies.
+
+    The "parent" the kernel watches is the thread that forked, so the command must
+    be spawned from the main thread (it is: the event loop runs there). The
+    function runs between fork and exec while other threads of the runner may hold
+    locks, so it takes none: prctl is resolved here, in the parent, and the child
+    only makes two system calls.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    runner = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != runner:  # the runner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def own_children() -> list[int]:
@@ -61,6 +90,8 @@ class SupervisedProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._output: OutputCopy | None = None
         self.returncode: int | None = None
+        #: The command's pid and start time, taken right after it started.
+        self.stamp: ProcessStamp | None = None
 
     @property
     def pid(self) -> int:
@@ -82,9 +113,18 @@ class SupervisedProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_dies_with_runner(),
         )
+        self.stamp = ProcessStamp.of(self._popen.pid)
         assert self._popen.stdout is not None and self._popen.stderr is not None
         self._output.start(self._popen.stdout, self._popen.stderr)
+
+    def forward(self, signum: int) -> None:
+        """Pass a signal on to the command's process group (SIGUSR1: checkpoint now)."""
+        if self._popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, signum)
+            logger.info("skyguard: forwarded %s to the command", signal.Signals(signum).name)
 
     def reap(self) -> int | None:
         """Reap every exited child (we are their subreaper); the command's return code."""

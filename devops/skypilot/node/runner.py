@@ -31,11 +31,14 @@ from devops.skypilot.common.termination import (
     TerminationReason,
     Verdict,
     decide,
+    signal_name,
 )
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
 from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
 from devops.skypilot.node.forensics import attempt_dir, before_stop
+from devops.skypilot.node.leftovers import TOKEN_VAR, new_token, stop_abandoned
+from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.monitors import build_monitors
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.setup import MonitorSetup
@@ -44,6 +47,7 @@ from devops.skypilot.node.process import SupervisedProcess, become_subreaper
 from devops.skypilot.node.signals import SignalWaker
 from devops.skypilot.node.state import RunningAttempt, StateDir, abandoned_termination
 from devops.skypilot.node.state_checks import prepare_state_dir, warn_if_local_state
+from devops.skypilot.node.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,8 @@ class Runner:
         self.waker = waker
         #: Where a hung attempt's processes were; set before its tree is stopped.
         self.forensics: Forensics | None = None
+        #: In the environment of every process of the attempt (``node/leftovers.py``).
+        self.token = new_token()
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
@@ -108,6 +114,7 @@ class Runner:
             )
         if abandoned is not None:
             logger.warning("skyguard: attempt %d left no record; counting it", abandoned.attempt)
+            stop_abandoned(abandoned, config.grace)  # before a second copy starts beside it
             history.append(abandoned_termination(abandoned, config.node_rank, config.task_id))
         history = self.state.with_lost_attempts(history, config.node_rank, config.task_id)
         runtime_used = sum(item.duration for item in history)
@@ -124,12 +131,15 @@ class Runner:
         )
         with contextlib.suppress(FileNotFoundError):
             config.heartbeat_file.unlink()
+        watchdog = Watchdog.start(self.token, config.grace)  # before: never our child
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
         except BaseException:
             self._tell("close")
+            watchdog.close()
             raise
+        watchdog.release()  # the tree is stopped
         decision = decide(
             outcome,
             [item.summary() for item in history],
@@ -163,6 +173,7 @@ class Runner:
             self._tell("close")
 
         tell_hurried(waker, tell_end, termination.exit_code)
+        watchdog.close()  # released long ago: gone by now in practice
         return termination
 
     def _attempt(
@@ -182,6 +193,8 @@ class Runner:
         try:
             for monitor in monitors:
                 monitor.start(started)
+            for signum in waker.take_forwarded():  # the command could not have a handler yet
+                logger.warning("skyguard: %s before the command started", signal_name(signum))
             try:
                 process.start(
                     config.command,
@@ -267,6 +280,8 @@ class Runner:
         due = {id(monitor): monitor.next_check(started) for monitor in monitors}
         checkpoint_due = started
         while True:
+            for signum in waker.take_forwarded():
+                process.forward(signum)
             if process.reap() is not None or waker.stop_signal() is not None:
                 return None
             now = time.monotonic()
@@ -286,15 +301,17 @@ class Runner:
                     )
                     return replace(verdict, monitor=monitor.name)
             if now >= checkpoint_due:
-                self._checkpoint(ctx, now - started)
+                self._checkpoint(ctx, now - started, process.stamp)
                 checkpoint_due = now + CHECKPOINT_INTERVAL
             wake = min([checkpoint_due, *(due[id(monitor)] for monitor in monitors)])
             waker.wait(wake - time.monotonic())
 
-    def _checkpoint(self, ctx: JobContext, elapsed: float) -> None:
+    def _checkpoint(self, ctx: JobContext, elapsed: float, command: ProcessStamp | None) -> None:
         try:
             self.state.checkpoint(
-                RunningAttempt.by_this_runner(ctx.attempt, ctx.started_at, elapsed, utc_now())
+                RunningAttempt.by_this_runner(
+                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token
+                )
             )
         except OSError as error:
             # A flaky bucket mount must not stop training; the final record retries.
@@ -314,6 +331,7 @@ class Runner:
             SKYGUARD_STATE_DIR=str(self.config.state_dir),
             SKYGUARD_ATTEMPT=str(ctx.attempt),
             SKYGUARD_TASK_ID=self.config.task_id,
+            **{TOKEN_VAR: self.token},
             # The heartbeat client registers a stack dump there (no-ptrace forensics).
             SKYGUARD_FORENSICS_DIR=str(attempt_dir(self.config.state_dir, ctx.attempt)),
         )

@@ -7,7 +7,9 @@ seen at once, and an idle runner costs no CPU. Handlers only record which stop
 signals came, in order (the PyTorch elastic / circus pattern); the runner
 decides which of them counts.
 
-``skyguard run`` installs the handlers on the first line of its ``main`` and
+SIGUSR1 and SIGUSR2 are not stop signals: they are passed on to the command's
+process group (checkpoint-on-signal). ``skyguard run`` installs the handlers on the
+first line of its ``main`` and
 keeps them to the last, so a signal during start-up or during the ending
 (notifications, the coordination linger) is recorded like any other, never a
 143, a 129 or a KeyboardInterrupt traceback.
@@ -26,8 +28,27 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
-#: Signals that mean "stop the job": cancel, preemption, Ctrl-C, lost terminal.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: What a cancel or a preemption sends (and Ctrl-C, a lost terminal).
+CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Every catchable signal whose default action would kill the runner outright, with
+#: no record and the command orphaned: each ends the attempt as ``signalled``. Not
+#: here: SIGUSR1/2 (forwarded), SIGPIPE and SIGXFSZ (Python ignores them: errors
+#: instead), and the faults a handler cannot survive (SIGSEGV, SIGBUS, SIGILL,
+#: SIGFPE, SIGTRAP, SIGSYS, SIGABRT).
+STOP_SIGNALS = (
+    *CANCEL_SIGNALS,
+    signal.SIGQUIT,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGXCPU,
+    signal.SIGIO,
+    signal.SIGPWR,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
+#: Passed on to the command's process group while it runs: checkpoint-on-signal
+#: setups (Slurm's ``--signal=USR1@N``) rely on it.
+FORWARDED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -38,6 +59,8 @@ class SignalWaker:
     def __init__(self) -> None:
         #: Every stop signal received, oldest first.
         self.received: list[int] = []
+        #: Signals to forward to the command, not yet taken.
+        self._to_forward: list[int] = []
         self._read_fd = -1
         self._write_fd = -1
         self._previous: dict[int, _Handler] = {}
@@ -52,7 +75,7 @@ class SignalWaker:
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        for signum in (*STOP_SIGNALS, signal.SIGCHLD):
+        for signum in (*STOP_SIGNALS, *FORWARDED_SIGNALS, signal.SIGCHLD):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -72,6 +95,13 @@ class SignalWaker:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if signum in STOP_SIGNALS:
             self.received.append(signum)
+        elif signum in FORWARDED_SIGNALS:
+            self._to_forward.append(signum)
+
+    def take_forwarded(self) -> list[int]:
+        """The signals to forward that came since the last call, oldest first."""
+        taken, self._to_forward = self._to_forward, []
+        return taken
 
     def wait(self, timeout: float) -> None:
         """Sleep until a signal arrives (or :meth:`wake` is called) or ``timeout`` seconds pass."""

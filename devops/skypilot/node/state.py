@@ -78,6 +78,9 @@ CHECKPOINT_EXTRA: Mapping[str, fields.Kind] = {
     "pid": fields.PID,
     "boot_id": fields.TEXT,
     "start_ticks": fields.COUNT,
+    "command_pid": fields.PID,
+    "command_start_ticks": fields.COUNT,
+    "command_token": fields.TEXT,
 }
 #: Lost attempts filled in at most: enough for any retry budget, bounded against a
 #: stray ``logs/attempt-999999.log``.
@@ -100,6 +103,11 @@ class RunningAttempt:
     pid: int = 0
     boot_id: str = ""
     start_ticks: int = 0
+    #: The command (pid, start time) and the token in its tree's environment, so the
+    #: next runner can stop what is left of it (see ``node/leftovers.py``).
+    command_pid: int = 0
+    command_start_ticks: int = 0
+    command_token: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> RunningAttempt:
@@ -110,7 +118,13 @@ class RunningAttempt:
 
     @classmethod
     def by_this_runner(
-        cls, attempt: int, started_at: str, elapsed: float, checkpointed_at: str
+        cls,
+        attempt: int,
+        started_at: str,
+        elapsed: float,
+        checkpointed_at: str,
+        command: ProcessStamp | None = None,
+        token: str = "",
     ) -> RunningAttempt:
         stamp = ProcessStamp.own()
         if stamp is None:  # no /proc: never mistaken for a live runner
@@ -124,7 +138,14 @@ class RunningAttempt:
             stamp.pid,
             stamp.boot_id,
             stamp.start_ticks,
+            command.pid if command else 0,
+            command.start_ticks if command else 0,
+            token,
         )
+
+    def command(self) -> ProcessStamp:
+        """The command it ran (start time 0, never alive, when it did not say)."""
+        return ProcessStamp(self.host, self.boot_id, self.command_pid, self.command_start_ticks)
 
     def runner_alive(self) -> bool:
         """Whether the runner that wrote this checkpoint still runs. A checkpoint

@@ -1,0 +1,93 @@
+"""Nothing of an attempt outlives its runner by long, however the runner dies.
+
+A runner stops its command's tree itself on every end it lives through. When it
+does not live (SIGKILL, the OOM killer), three things stand in:
+
+- the kernel SIGKILLs the command itself at once (``PR_SET_PDEATHSIG``, set in
+  :mod:`devops.skypilot.node.process`);
+- a watchdog (:mod:`devops.skypilot.node.watchdog`) started with every attempt
+  stops every process of the attempt (SIGTERM, ``--grace``, SIGKILL) as soon as
+  the runner is gone;
+- the next runner on the same state dir does the same for the attempt its
+  checkpoint names, before it starts anything (for a watchdog killed too).
+
+The processes of an attempt are those whose environment holds the attempt's
+random token (:data:`TOKEN_VAR`): every descendant inherits it, so torchrun's
+workers in sessions of their own and daemons re-parented to init are found, and
+no other process can hold it. The command itself is also named by pid and start
+time (:class:`~devops.skypilot.node.liveness.ProcessStamp`), never by pid alone.
+
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+
+import psutil
+
+from devops.skypilot.node.liveness import ProcessStamp, boot_id
+from devops.skypilot.node.state import RunningAttempt
+
+logger = logging.getLogger(__name__)
+
+#: In the command's environment: which attempt a process belongs to.
+TOKEN_VAR = "SKYGUARD_ATTEMPT_TOKEN"
+#: SIGKILL rounds after the grace, for processes that keep forking.
+_KILL_ROUNDS = 10.0
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def find(token: str, command: ProcessStamp | None = None) -> list[psutil.Process]:
+    """Every live process of the attempt: its token in the environment, or the command."""
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):  # gone, a zombie, or not ours to read
+            if token and process.environ().get(TOKEN_VAR) == token:
+                found.append(process)
+                continue
+        if command is not None and process.pid == command.pid and command.alive():
+            found.append(process)
+    return found
+
+
+def stop(token: str, grace: float, command: ProcessStamp | None = None) -> int:
+    """SIGTERM every process of the attempt, wait up to ``grace``, SIGKILL until none
+    is left (bounded); how many there were."""
+    found = find(token, command)
+    _send(found, "terminate")
+    psutil.wait_procs(found, timeout=grace)
+    deadline = time.monotonic() + _KILL_ROUNDS
+    while (left := find(token, command)) and time.monotonic() < deadline:
+        _send(left, "kill")
+        psutil.wait_procs(left, timeout=0.5)
+    return len(found)
+
+
+def _send(processes: Sequence[psutil.Process], how: str) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            getattr(process, how)()
+
+
+def stop_abandoned(running: RunningAttempt, grace: float) -> None:
+    """Stop what is left of an attempt whose runner died, if it ran on this machine."""
+    if (running.host, running.boot_id) != (socket.gethostname(), boot_id()):
+        return
+    if not running.command_token and not running.command_pid:
+        return  # written by a skyguard that did not say
+    count = stop(running.command_token, grace, running.command())
+    if count:
+        logger.warning(
+            "skyguard: stopped %d process(es) left running by attempt %d", count, running.attempt
+        )

@@ -1,0 +1,106 @@
+"""The watchdog: stops an attempt's processes when its runner dies without doing it.
+
+Started with every attempt, in a session of its own and not a child of the runner,
+it waits on a pipe only the runner writes to. End of file after the runner's
+``done`` (the tree is stopped) means nothing to do; end of file without it means
+the runner is gone (SIGKILL, the OOM killer), and the watchdog stops every
+process of the attempt (:func:`devops.skypilot.node.leftovers.stop`: SIGTERM,
+``--grace``, SIGKILL) and exits.
+
+``python -m devops.skypilot.node.watchdog TOKEN GRACE`` is the process. It imports
+nothing beyond the standard library until it has to act, so it is ready, and
+gone again, within a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import time
+from collections.abc import Sequence
+
+#: What the runner writes once its tree is stopped: the watchdog has nothing to do.
+_DONE = b"done"
+#: How long the runner waits for a released watchdog to exit.
+_EXIT_WAIT = 2.0
+
+
+class Watchdog:
+    """The runner's side of the watchdog process."""
+
+    def __init__(self, control: int, alive: int) -> None:
+        self._control = control
+        self._alive = alive
+
+    @classmethod
+    def start(cls, token: str, grace: float) -> Watchdog:
+        """Start it. Call before the runner becomes a subreaper: the watchdog is
+        double-forked into a session of its own, so it is never the runner's child
+        (the runner judges its tree empty by having no child) and a signal to the
+        runner's process group does not reach it."""
+        control_read, control_write = os.pipe()
+        alive_read, alive_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # only system calls from here to exec: other threads may hold locks
+            try:
+                os.setsid()
+                if os.fork() == 0:
+                    os.dup2(control_read, 0)
+                    os.dup2(alive_write, 1)  # closed when the watchdog exits
+                    argv = [sys.executable, "-m", __name__, token, repr(grace)]
+                    os.execv(sys.executable, argv)
+            finally:
+                os._exit(0)
+        os.close(control_read)
+        os.close(alive_write)
+        os.waitpid(pid, 0)
+        return cls(control_write, alive_read)
+
+    def release(self) -> None:
+        """The tree is stopped: the watchdog has nothing left to do (idempotent)."""
+        if self._control < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._control, _DONE)
+        os.close(self._control)
+        self._control = -1
+
+    def close(self) -> None:
+        """Release it and wait (bounded) until it has exited."""
+        self.release()
+        if self._alive < 0:
+            return
+        deadline = time.monotonic() + _EXIT_WAIT
+        with contextlib.suppress(OSError):
+            while (remaining := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([self._alive], [], [], remaining)
+                if readable and not os.read(self._alive, 64):
+                    break
+        os.close(self._alive)
+        self._alive = -1
+
+
+def main(argv: Sequence[str]) -> int:
+    """The watchdog: wait for the runner's word; without it, stop the attempt."""
+    token, grace = argv[0], float(argv[1])
+    told = b""
+    while chunk := os.read(0, 64):
+        told += chunk
+    if told == _DONE:
+        return 0
+    from devops.skypilot.node.leftovers import stop
+
+    count = stop(token, grace)
+    if count:
+        print(
+            f"skyguard: the runner died; stopped {count} process(es) of its command",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
