@@ -588,8 +588,10 @@ def _watchdog(live: Live) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if "devops.skypilot.node.leftovers" in process.cmdline() and token in process.cmdline():
+            command = process.cmdline()
+            if "devops.skypilot.node.watchdog" in command and token in command:
                 found.append(process)
+    assert len(found) == 1, f"one watchdog per attempt, found {found}"
     return found
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from devops.skypilot.node.forensics.capture import find_py_spy
 from tests.conftest import REPO, SkyguardRunner
 from tests.distributed.test_cli_wiring import with_torchrun_on_path
 from tests.ports import reserve_port
@@ -21,6 +22,7 @@ def _line_of(text: str) -> int:
     return next(number for number, line in enumerate(lines, 1) if text in line)
 
 
+@pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed (the forensics extra)")
 def test_the_rank_outside_the_collective_is_named(skyguard: SkyguardRunner) -> None:
     result = skyguard.run(
         [str(DDP_HANG)],
