@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ SETUP_SCRIPT = REPO / "tests" / "e2e" / "slurm_cluster.sh"
 #: Guard against a hang only; the tier itself takes ~10 minutes.
 JOB_TIMEOUT = 20 * 60.0
 POLL_SECONDS = 5.0
+#: How long the session's teardown waits for the controller to take clusters down.
+CLEANUP_TIMEOUT = 300.0
 TERMINAL = {
     "SUCCEEDED",
     "FAILED",
@@ -42,6 +45,13 @@ records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[int(a) for a in 
                       fields=["job_id", "job_name", "status", "recovery_count"]))
 print(json.dumps({int(r.job_id): {"status": r.status.value, "recoveries": r.recovery_count}
                   for r in records}))
+"""
+
+_JOB_ID_SCRIPT = """
+import sys, sky
+records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, name_match=sys.argv[1],
+                      fields=["job_id", "job_name"]))
+print(max(int(r.job_id) for r in records if r.job_name == sys.argv[1]))
 """
 
 
@@ -97,6 +107,10 @@ class Cluster:
         data: dict[str, Any] = json.loads(out)
         return data
 
+    def job_id(self, name: str) -> int:
+        """The newest managed job named ``name``."""
+        return int(self.run([str(self.python), "-c", _JOB_ID_SCRIPT, name], timeout=120))
+
     def queue(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         out = self.run([str(self.python), "-c", _QUEUE_SCRIPT, *map(str, job_ids)], timeout=120)
         return {int(k): v for k, v in json.loads(out).items()}
@@ -134,6 +148,17 @@ def cluster() -> Iterator[Cluster]:
         session=session,
     )
     yield handle
+    # The jobs controller tears a managed job's cluster down only after the job is
+    # already shown as ended: stopping the API server (and the controller inside it)
+    # before that leaves the Slurm allocation behind, holding the node so that the
+    # next run's first srun waits forever. Wait for this session's allocations
+    # (Slurm jobs named after its clusters) to go.
+    deadline = time.monotonic() + CLEANUP_TIMEOUT
+    while handle.session in handle.run(["squeue", "-h", "-o", "%j"], timeout=60, check=False):
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"e2e: clusters of session {handle.session} still up\n")
+            break
+        time.sleep(POLL_SECONDS)
     # The Slurm daemons may stay; SkyPilot's local API server (and the jobs
     # controller inside it) should not outlive the tests.
     handle.run([str(handle.sky), "api", "stop"], timeout=120, check=False)
@@ -213,9 +238,20 @@ class Jobs:
             self.cluster.run([str(self.cluster.sky), "jobs", "cancel", "-y", *ids], check=False)
 
 
+def run_records(state_root: Path, name: str) -> list[Path]:
+    """The termination.json of each run named ``name``: `skyguard launch` keys state on
+    ``<name>-<8 hex>`` (its run key), under ``<root>/<key>/node-0``."""
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{8}}")
+    return sorted(
+        path / "node-0" / "termination.json"
+        for path in state_root.iterdir()
+        if pattern.fullmatch(path.name) and (path / "node-0" / "termination.json").is_file()
+    )
+
+
 def termination_history(state_root: Path, name: str) -> list[Mapping[str, Any]]:
     """Every attempt's record from the run's termination.json on the shared state root."""
-    files = sorted(state_root.glob(f"sky-managed-*_{name}_*/node-0/termination.json"))
+    files = run_records(state_root, name)
     assert len(files) == 1, f"expected one state dir for {name}, found {files}"
     data = json.loads(files[0].read_text())
     history: list[Mapping[str, Any]] = data["history"]

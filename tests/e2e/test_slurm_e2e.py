@@ -18,7 +18,7 @@ import pytest
 
 from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
-from .conftest import Cluster, Jobs, termination_history
+from .conftest import Cluster, Jobs, run_records, termination_history
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +122,7 @@ def test_sky_launch_of_the_recipe_runs_the_runner_and_succeeds(
         assert report["last"]["reason"] == "completed"
         assert report["last"]["exit_code"] == 0
         assert report["source"] == "job log"
-        records = list(cluster.state_root.glob(f"sky-*_{name}_*/node-0/termination.json"))
+        records = run_records(cluster.state_root, name)
         assert len(records) == 1, records
         assert json.loads(records[0].read_text())["reason"] == "completed"
 
@@ -174,8 +174,9 @@ def test_hang_is_detected_exits_75_and_skypilot_recovers_it(cluster: Cluster, jo
         (1, "heartbeat_timeout", EXIT_RETRY),
         (2, "completed", 0),
     ]
+    # The run key `skyguard launch` stamped: the same on both attempts.
     assert history[0]["task_id"] == history[1]["task_id"]
-    assert history[0]["task_id"].startswith("sky-managed-")
+    assert history[0]["task_id"].startswith(f"{job.name}-")
 
     report = cluster.status(job.name, "--state-dir", str(cluster.state_root))
     assert report["job_id"] == job.job_id

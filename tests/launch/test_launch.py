@@ -26,6 +26,7 @@ from devops.skypilot.cli import OneLineParser
 from devops.skypilot.client.launch import command as launch_command
 from devops.skypilot.client.launch import request as launch_request
 from devops.skypilot.client.launch import task as launch_task
+from devops.skypilot.client.launch.identity import BUCKET_NAME, default_state_bucket
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,10 +140,70 @@ def test_state_defaults_to_the_bucket_mount_and_state_root_replaces_it() -> None
     assert_valid_skypilot_task(shared)
 
 
+def test_without_a_bucket_each_user_and_project_gets_its_own(repo: Path, tmp_path: Path) -> None:
+    """No global default name: the bucket is derived from the user and the project's
+    origin, the same on every launch, and one SkyPilot accepts for S3 and GCS."""
+    from sky.data.storage import GcsStore, S3Store
+
+    (config,) = dry_run("--", "true", cwd=repo)
+    bucket = config["envs"]["SKYGUARD_STATE_BUCKET"]
+    assert bucket.startswith("skyguard-") and "-work-" in bucket  # project = its directory
+    assert bucket != "skyguard-state"
+    S3Store.validate_name(bucket)
+    GcsStore.validate_name(bucket)
+    task = assert_valid_skypilot_task(config)
+    assert task.storage_mounts[config["envs"]["SKYGUARD_STATE_ROOT"]].name == bucket
+    (again,) = dry_run("--", "true", cwd=repo)
+    assert again["envs"]["SKYGUARD_STATE_BUCKET"] == bucket
+    # Another project of the same name (another origin) gets another bucket.
+    other = tmp_path / "elsewhere" / "work"
+    shutil.copytree(repo, other)
+    git(other, "remote", "set-url", "origin", str(tmp_path / "other.git"))
+    (moved,) = dry_run("--skip-git-check", "--", "true", cwd=other)
+    assert moved["envs"]["SKYGUARD_STATE_BUCKET"] != bucket
+    # A bucket given by flag, --env or the recipe wins.
+    (given,) = dry_run("--env", "SKYGUARD_STATE_BUCKET=team-b", "--", "true", cwd=repo)
+    assert given["envs"]["SKYGUARD_STATE_BUCKET"] == "team-b"
+
+
+@pytest.mark.parametrize(
+    ("user", "project"),
+    [
+        ("root", "trainer"),
+        ("Jane.Doe", "My_Project"),
+        ("u" * 80, "p" * 80),
+        ("-", "."),
+        ("google", "googoogle-lab"),
+        ("x", "ünïcødé"),
+    ],
+)
+def test_derived_bucket_names_are_valid_for_s3_and_gcs(user: str, project: str) -> None:
+    from sky.data.storage import GcsStore, S3Store
+
+    name = default_state_bucket(user, project, f"https://git.example/{project}.git")
+    assert BUCKET_NAME.fullmatch(name) and len(name) <= 63
+    assert "goog" not in name
+    S3Store.validate_name(name)
+    GcsStore.validate_name(name)
+    assert name == default_state_bucket(user, project, f"https://git.example/{project}.git")
+    assert name != default_state_bucket(user + "2", project, f"https://git.example/{project}.git")
+
+
+def test_every_launch_stamps_its_own_run_key() -> None:
+    """The runner keys state on SKYGUARD_RUN_KEY: the same across recoveries (it is in
+    the task), new for every launch, even under the same --name."""
+    (first,) = dry_run("--skip-git-check", "--name", "exp", *STATE, "--", "true")
+    (second,) = dry_run("--skip-git-check", "--name", "exp", *STATE, "--", "true")
+    keys = [first["envs"]["SKYGUARD_RUN_KEY"], second["envs"]["SKYGUARD_RUN_KEY"]]
+    assert all(re.fullmatch(r"exp-[0-9a-f]{8}", key) for key in keys), keys
+    assert keys[0] != keys[1]
+
+
 def test_copies_are_separate_runs() -> None:
     configs = dry_run("--skip-git-check", "--name", "sweep", "--copies", "3", *STATE, "--", "true")
     assert [c["name"] for c in configs] == ["sweep-1", "sweep-2", "sweep-3"]
     assert len({c["envs"]["SKYGUARD_RUN_ID"] for c in configs}) == 3
+    assert len({c["envs"]["SKYGUARD_RUN_KEY"] for c in configs}) == 3
     for config in configs:
         assert_valid_skypilot_task(config)
 
@@ -158,6 +219,9 @@ def test_dump_config_json_is_the_same_task() -> None:
     assert config["name"] == "j1"
     assert_valid_skypilot_task(config)
     (from_yaml,) = dry_run("--skip-git-check", "--name", "j1", *STATE, "--", "echo", "hi")
+    # Every launch stamps a new run key; everything else is the same task.
+    for each in (config, from_yaml):
+        assert each["envs"].pop("SKYGUARD_RUN_KEY").startswith("j1-")
     assert from_yaml == config
 
 
@@ -296,6 +360,7 @@ BAD_INPUT: list[tuple[list[str], str]] = [
     (["--env", "1X=2", "--", "true"], "'1X' is not a valid variable name"),
     (["--env", "SKYGUARD_E2E_UNSET_VAR", "--", "true"], "not set in the local environment"),
     (["--env", "SKYGUARD_CMD=ls", "--", "true"], "set by skyguard launch itself"),
+    (["--env", "SKYGUARD_RUN_KEY=old-run", "--", "true"], "set by skyguard launch itself"),
     (["--env", "A=1", "--env", "A=2", "--", "true"], "--env A given twice"),
     (["--env", "SKYGUARD_GRACE=5s", "--grace", "9s", "--", "true"], "both given"),
     (["--secret", "SKYGUARD_E2E_MISSING_SECRET", "--", "true"], "not set (or empty)"),

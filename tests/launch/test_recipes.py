@@ -29,11 +29,15 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
+#: What `sky jobs launch recipes/job.yaml --env SKYGUARD_STATE_BUCKET=...` passes.
+BUCKET = [("SKYGUARD_STATE_BUCKET", "my-team-skyguard")]
+
+
 @pytest.mark.parametrize("name", ["job.yaml", "sandbox.yaml"])
 def test_recipe_is_a_valid_skypilot_task(name: str) -> None:
     import sky
 
-    task = sky.Task.from_yaml_config(load(name))
+    task = sky.Task.from_yaml_config(load(name), env_overrides=BUCKET)
     task.validate_name()
     assert task.setup is not None and task.setup.strip() == "bash recipes/setup.sh"
 
@@ -48,7 +52,7 @@ def test_recover_on_exit_codes_is_exactly_the_runners_retry_code() -> None:
 def test_skypilot_reads_the_same_recovery_policy() -> None:
     import sky
 
-    (resources,) = sky.Task.from_yaml_config(load("job.yaml")).resources
+    (resources,) = sky.Task.from_yaml_config(load("job.yaml"), env_overrides=BUCKET).resources
     assert resources.job_recovery["recover_on_exit_codes"] == [EXIT_RETRY]
 
 
@@ -74,11 +78,25 @@ def test_state_dir_is_mounted_from_a_bucket_named_by_an_env_knob() -> None:
     (mount,) = job["file_mounts"].items()
     assert mount[0] == "${SKYGUARD_STATE_ROOT}"
     assert mount[1]["name"] == "${SKYGUARD_STATE_BUCKET}"
-    assert mount[1]["mode"] in ("MOUNT_CACHED", "MOUNT")
-    envs = dict(job["envs"])
-    task = sky.Task.from_yaml_config(job)
-    storage = task.storage_mounts[envs["SKYGUARD_STATE_ROOT"]]
-    assert storage.name == envs["SKYGUARD_STATE_BUCKET"]
+    assert mount[1]["mode"] == "MOUNT_CACHED"
+    root = job["envs"]["SKYGUARD_STATE_ROOT"]
+    task = sky.Task.from_yaml_config(job, env_overrides=BUCKET)
+    storage = task.storage_mounts[root]
+    assert storage.name == "my-team-skyguard"
+
+
+def test_without_a_bucket_skypilots_parser_names_the_variable_to_set() -> None:
+    """Bucket names are global: the recipe has no default one, and `sky jobs launch`
+    without one stops in SkyPilot's own parser with a line saying what to pass."""
+    import sky
+
+    job = load("job.yaml")
+    assert job["envs"]["SKYGUARD_STATE_BUCKET"] is None
+    with pytest.raises(ValueError) as error:
+        sky.Task.from_yaml_config(job)
+    message = str(error.value)
+    assert "Environment variable 'SKYGUARD_STATE_BUCKET' is None" in message
+    assert "--env flag" in message and "\n" not in message
 
 
 def test_runner_knobs_are_env_defaults() -> None:
@@ -96,17 +114,19 @@ def test_runner_knobs_are_env_defaults() -> None:
 # ---------------------------------------------------------------- run: for real
 
 
-def run_script(
-    tmp_path: Path, command: str, task_id: str = "sky-managed-x_demo_7-0"
-) -> subprocess.CompletedProcess[str]:
-    """Execute job.yaml's ``run:`` as SkyPilot would: bash, from the workdir, with its envs."""
+TASK_ID = "sky-managed-2026-11-23-00-14-53-926267_demo_7-0"
+
+
+def run_env(tmp_path: Path, command: str, task_id: str) -> dict[str, str]:
+    """The environment SkyPilot gives job.yaml's ``run:``: its envs and SKYPILOT_* ones."""
     job = load("job.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYGUARD_", "SKYPILOT_"))}
-    env.update({k: str(v) for k, v in job["envs"].items()})
+    env.update({k: "" if v is None else str(v) for k, v in job["envs"].items()})
     env.update(
         SKYGUARD_CMD=command,
         SKYGUARD_STATE_ROOT=str(tmp_path / "state"),
         SKYPILOT_TASK_ID=task_id,
+        SKYPILOT_MANAGED_JOB_ID=task_id.rpartition("_")[2].partition("-")[0],
         SKYPILOT_NODE_RANK="0",
         SKYPILOT_NUM_NODES="1",
         TMPDIR=str(tmp_path),
@@ -114,17 +134,34 @@ def run_script(
         PATH=f"{SKYGUARD_BIN}:{env.get('PATH', '')}",
         PYTHONPATH=str(REPO),
     )
+    return env
+
+
+def run_script(
+    tmp_path: Path, command: str, task_id: str = TASK_ID
+) -> subprocess.CompletedProcess[str]:
+    """Execute job.yaml's ``run:`` with bash, from the workdir, with SkyPilot's envs."""
     return subprocess.run(
-        ["bash", "-c", job["run"]], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        ["bash", "-c", load("job.yaml")["run"]],
+        cwd=REPO,
+        env=run_env(tmp_path, command, task_id),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def test_run_script_supervises_the_command_with_state_keyed_by_task_id(tmp_path: Path) -> None:
+def test_run_script_keys_state_on_the_job_not_the_controllers_timestamp(tmp_path: Path) -> None:
     result = run_script(tmp_path, f"{sys.executable} examples/train.py --steps 2 --step-time 0.01")
     assert result.returncode == 0, result.stderr
-    record = tmp_path / "state" / "sky-managed-x_demo_7-0" / "node-0" / "termination.json"
+    record = tmp_path / "state" / "demo_7-0" / "node-0" / "termination.json"
     assert '"reason": "completed"' in record.read_text()
     assert "skyguard: termination" in result.stderr
+    # The jobs controller restarted: a new timestamp in SKYPILOT_TASK_ID, the same job.
+    restarted = TASK_ID.replace("00-14-53-926267", "03-01-09-000001")
+    again = run_script(tmp_path, "exit 0", task_id=restarted)
+    assert again.returncode == 0, again.stderr
+    assert '"attempt": 2' in record.read_text()
 
 
 def test_run_script_passes_the_runners_exit_code_through(tmp_path: Path) -> None:
@@ -136,6 +173,48 @@ def test_run_script_without_a_command_is_a_config_error(tmp_path: Path) -> None:
     result = run_script(tmp_path, "")
     assert result.returncode == 2
     assert "SKYGUARD_CMD is empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        ("exit 3", 3),
+        # Never beats: a hang after 1 s, the runner's retryable 75.
+        ("exec sleep 60", EXIT_RETRY),
+    ],
+)
+def test_skypilots_appended_flush_runs_and_exits_with_the_runners_code(
+    tmp_path: Path, command: str, code: int
+) -> None:
+    """``run:`` wrapped exactly as SkyPilot 0.14.1 runs it (TaskCodeGen.build_task_bash_script
+    appends the MOUNT_CACHED flush, log_lib.make_task_bash_script the preamble, then
+    ``/bin/bash -i FILE``): the flush's first line sees the runner's code, and the
+    script ends with it. With ``exec`` or ``set -e`` the flush never runs."""
+    from sky.backends.task_codegen import TaskCodeGen
+    from sky.skylet import log_lib
+
+    env = run_env(tmp_path, command, TASK_ID)
+    env.update(SKYGUARD_HEARTBEAT_TIMEOUT="1s", SKYGUARD_GRACE="1s")
+    home = Path(env["HOME"])
+    home.mkdir()
+    (home / "sky_workdir").symlink_to(REPO)  # SkyPilot's script starts with `cd ~/sky_workdir`
+    script = tmp_path / "sky_app_run"
+    script.write_text(
+        log_lib.make_task_bash_script(TaskCodeGen.build_task_bash_script(load("job.yaml")["run"]))
+    )
+    # xtrace shows every command the script reaches, the flush's included.
+    result = subprocess.run(
+        ["/bin/bash", "-x", "-i", str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == code, result.stderr[-2000:]
+    assert f"+ __skypilot_user_exit_code={code}" in result.stderr
+    assert f"+ exit {code}" in result.stderr.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- setup.sh for real

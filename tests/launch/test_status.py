@@ -73,7 +73,8 @@ def test_history_comes_from_the_runners_log_lines(skyguard, tmp_path: Path) -> N
     relayed = [f"(task, pid=123) {line}" for line in lines] + ["skyguard: termination {broken"]
     records = status.records_from_log(relayed)
     assert [r["reason"] for r in records] == ["heartbeat_timeout", "completed"]
-    assert records[0]["task_id"] == records[1]["task_id"] == TASK_ID
+    # Records carry the run key: the task id without the jobs controller's timestamp.
+    assert records[0]["task_id"] == records[1]["task_id"] == "exp-7_42-0"
 
 
 def test_a_run_dir_itself_can_be_given(skyguard, tmp_path: Path) -> None:
@@ -106,3 +107,46 @@ def test_bad_input_and_missing_records(tmp_path: Path) -> None:
     for result in (bad, no_dir, missing, empty, broken):
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def record(path: Path, ended_at: str, reason: str) -> None:
+    path.mkdir(parents=True)
+    entry = {"attempt": 1, "reason": reason, "exit_code": 0, "ended_at": ended_at}
+    (path / "termination.json").write_text(json.dumps({**entry, "history": [entry]}))
+
+
+def test_run_key_dirs_are_found_and_the_latest_launch_wins(tmp_path: Path) -> None:
+    """State dirs are named by the run key: <run>-<8 hex> (skyguard launch), or the
+    managed job's <run>_<job id>-<task> (plain `sky jobs launch`)."""
+    root = tmp_path / "state"
+    record(root / "exp-7-0a1b2c3d" / "node-0", "2026-01-02T10:00:00+00:00", "job_failed")
+    record(root / "exp-7-ffff0000" / "node-0", "2026-01-03T09:00:00+00:00", "completed")
+    record(root / "exp-7-older" / "node-0", "2027-01-01T00:00:00+00:00", "not this run")
+    record(root / "exp-77-01234567" / "node-0", "2027-01-01T00:00:00+00:00", "not this run")
+    latest = status.find_termination_file(root, "exp-7", None)
+    assert latest == root / "exp-7-ffff0000" / "node-0" / "termination.json"
+    record(root / "train_42-0" / "node-0", "2026-01-01T00:00:00+00:00", "completed")
+    record(root / "train_43-0" / "node-0", "2026-01-05T00:00:00+00:00", "completed")
+    assert status.find_termination_file(root, "train", 42) == (
+        root / "train_42-0" / "node-0" / "termination.json"
+    )
+    assert status.find_termination_file(root, "train", None) == (
+        root / "train_43-0" / "node-0" / "termination.json"
+    )
+
+
+def test_history_of_a_run_launched_with_a_run_key(skyguard, tmp_path: Path) -> None:
+    """The runner as job.yaml runs it: state root + stamped key -> <root>/<key>/node-0."""
+    env = {
+        "SKYGUARD_STATE_ROOT": str(tmp_path / "state"),
+        "SKYGUARD_RUN_KEY": "exp-7-0a1b2c3d",
+        "SKYPILOT_TASK_ID": TASK_ID,
+    }
+    process = skyguard.start(["--", sys.executable, "-c", "pass"], env)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    result = run_status("exp-7", "--offline", "--state-dir", str(tmp_path / "state"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"].endswith("exp-7-0a1b2c3d/node-0/termination.json")
+    assert report["last"]["task_id"] == "exp-7-0a1b2c3d"

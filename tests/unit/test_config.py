@@ -100,15 +100,80 @@ def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[n
     return build_config(parser.parse_args(argv), env or {})
 
 
+TASK_ID = "sky-managed-2026-11-23-00-14-53-926267_train_3-0"
+#: The same job after its jobs controller restarted: a new timestamp, the same job id.
+TASK_ID_RESTARTED = "sky-managed-2026-11-23-04-02-11-000817_train_3-0"
+
+
 def test_defaults_and_task_id(tmp_path: Path) -> None:
-    config = parse(["--", "true"], {"SKYPILOT_TASK_ID": "sky-managed-1_x_3-0"})
+    config = parse(["--", "true"], {"SKYPILOT_TASK_ID": TASK_ID})
     assert config.command == ("true",)
     assert config.grace == 30 and config.max_retries == 3 and config.heartbeat_timeout == 0
-    assert config.state_dir.name == "sky-managed-1_x_3-0"
+    assert config.state_dir == Path.home() / ".skyguard" / "train_3-0"
     assert config.heartbeat_file == config.state_dir / "heartbeat"
-    assert config.task_id == "sky-managed-1_x_3-0"
+    assert config.task_id == "train_3-0"
     fresh = parse(["--", "true"])
     assert fresh.task_id.startswith("local-") and fresh.task_id != parse(["--", "true"]).task_id
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        # skyguard launch stamps the key: it wins over everything SkyPilot sets.
+        ({"SKYGUARD_RUN_KEY": "exp-1-0a1b2c3d", "SKYPILOT_TASK_ID": TASK_ID}, "exp-1-0a1b2c3d"),
+        # plain `sky jobs launch`: the task id without the controller's timestamp.
+        ({"SKYPILOT_TASK_ID": TASK_ID, "SKYPILOT_MANAGED_JOB_ID": "3"}, "train_3-0"),
+        ({"SKYPILOT_TASK_ID": TASK_ID_RESTARTED, "SKYPILOT_MANAGED_JOB_ID": "3"}, "train_3-0"),
+        # a relaunch under the same name is another managed job: another key.
+        (
+            {"SKYPILOT_TASK_ID": TASK_ID.replace("_3-0", "_4-0"), "SKYPILOT_MANAGED_JOB_ID": "4"},
+            "train_4-0",
+        ),
+        # names with underscores keep them; the job id is the last `_<id>-<task>`.
+        (
+            {
+                "SKYPILOT_TASK_ID": TASK_ID.replace("_train_", "_my_run_"),
+                "SKYPILOT_MANAGED_JOB_ID": "3",
+            },
+            "my_run_3-0",
+        ),
+        # a plain `sky launch` (never recovered) and unknown forms: the id as it is.
+        (
+            {"SKYPILOT_TASK_ID": "sky-2026-11-23-00-08-32-275891_dev_2"},
+            "sky-2026-11-23-00-08-32-275891_dev_2",
+        ),
+        ({"SKYPILOT_TASK_ID": TASK_ID, "SKYPILOT_MANAGED_JOB_ID": "9"}, TASK_ID),
+        ({"SKYPILOT_TASK_ID": "odd id/with slash"}, "odd_id_with_slash"),
+    ],
+)
+def test_run_key_survives_a_controller_restart_and_differs_between_launches(
+    env: dict[str, str], key: str
+) -> None:
+    config = parse(["--", "true"], env)
+    assert config.task_id == key
+    assert config.state_dir.name == key
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/b", ".hidden", "x" * 201, "sp ace"])
+def test_a_bad_stamped_run_key_is_one_config_error(key: str) -> None:
+    with pytest.raises(ConfigError, match="SKYGUARD_RUN_KEY"):
+        parse(["--", "true"], {"SKYGUARD_RUN_KEY": key})
+
+
+def test_state_root_holds_one_dir_per_run_key_and_node(tmp_path: Path) -> None:
+    env = {
+        "SKYGUARD_STATE_ROOT": str(tmp_path),
+        "SKYPILOT_TASK_ID": TASK_ID,
+        "SKYPILOT_MANAGED_JOB_ID": "3",
+        "SKYPILOT_NODE_RANK": "1",
+        "SKYPILOT_NUM_NODES": "2",
+    }
+    assert parse(["--", "true"], env).state_dir == tmp_path / "train_3-0" / "node-1"
+    single = {**env, "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1"}
+    assert parse(["--", "true"], single).state_dir == tmp_path / "train_3-0" / "node-0"
+    # An explicit state dir is used as given.
+    explicit = parse(["--state-dir", str(tmp_path / "mine"), "--", "true"], env)
+    assert explicit.state_dir == tmp_path / "mine"
 
 
 def test_flags_beat_env_beat_file(tmp_path: Path) -> None:

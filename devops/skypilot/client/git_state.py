@@ -30,6 +30,16 @@ def git_toplevel(cwd: Path) -> Path | None:
     return Path(result.stdout.strip()) if result.returncode == 0 else None
 
 
+def origin_url(repo: Path) -> str | None:
+    """The ``origin`` remote's url, or None (no remote, not a repository, no git)."""
+    try:
+        result = _git(repo, "remote", "get-url", "origin")
+    except GitCheckError:
+        return None
+    url = result.stdout.strip() if result.returncode == 0 else ""
+    return url or None
+
+
 def check_git(repo: Path, ref: str | None, skip_check: bool) -> tuple[str | None, str | None]:
     """Resolve the commit to run and where its code comes from.
 

@@ -108,28 +108,45 @@ def records_from_log(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 
 def _task_dirs(root: Path, run: str, job_id: int | None) -> list[Path]:
-    """Task state dirs under a state root that belong to ``run`` (newest first)."""
-    # SKYPILOT_TASK_ID is sky-managed-<ts>_<name>_<job id>-<task> for a managed job
-    # and sky-<ts>_<cluster>_<job id> for a cluster job.
+    """Run state dirs under a state root that belong to ``run``."""
+    # Named by the run key (devops/skypilot/node/identity.py): <run>-<8 hex> from
+    # `skyguard launch`, <run>_<job id>-<task> for a plain managed job, and the whole
+    # SKYPILOT_TASK_ID (sky-[managed-]<ts>_<run>_<job id>...) for a cluster job.
     number = str(job_id) if job_id is not None else r"\d+"
-    suffix = rf"_{re.escape(run)}_{number}(-\d+)?"
-    pattern = re.compile(rf"sky(-managed)?-[0-9-]+{suffix}")
-    found = [path for path in root.iterdir() if path.is_dir() and pattern.fullmatch(path.name)]
-    return sorted(found, key=lambda path: path.name, reverse=True)
+    by_job = re.compile(rf"(sky(-managed)?-[0-9-]+_)?{re.escape(run)}_{number}(-\d+)?")
+    # A stamped key does not tell the job id: the newest record decides.
+    stamped = re.compile(rf"{re.escape(run)}-[0-9a-f]{{8}}")
+    return [
+        path
+        for path in root.iterdir()
+        if path.is_dir() and (by_job.fullmatch(path.name) or stamped.fullmatch(path.name))
+    ]
 
 
 def find_termination_file(state_dir: Path, run: str, job_id: int | None) -> Path | None:
-    """``termination.json`` of the run: in ``state_dir`` itself or in a task dir below it."""
+    """``termination.json`` of the run: in ``state_dir`` itself or in a run dir below it
+    (the one whose last attempt ended last, when several launches share the name)."""
     for candidate in (state_dir / TERMINATION_FILE, state_dir / "node-0" / TERMINATION_FILE):
         if candidate.is_file():
             return candidate
     if not state_dir.is_dir():
         return None
-    for task_dir in _task_dirs(state_dir, run, job_id):
-        for candidate in (task_dir / "node-0" / TERMINATION_FILE, task_dir / TERMINATION_FILE):
-            if candidate.is_file():
-                return candidate
-    return None
+    found = [
+        candidate
+        for task_dir in _task_dirs(state_dir, run, job_id)
+        for candidate in (task_dir / "node-0" / TERMINATION_FILE, task_dir / TERMINATION_FILE)
+        if candidate.is_file()
+    ]
+    return max(found, key=_ended_at, default=None)
+
+
+def _ended_at(path: Path) -> str:
+    """The record's ``ended_at`` (ISO 8601, so it sorts), or '' when unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data.get("ended_at", "")) if isinstance(data, dict) else ""
+    except (OSError, ValueError):
+        return ""
 
 
 def history_from_file(path: Path) -> list[dict[str, Any]]:

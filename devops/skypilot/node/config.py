@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from devops.skypilot.common.values import (
     parse_rate,
     parse_switch,
 )
+from devops.skypilot.node.identity import run_key
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,14 @@ OPTIONS: tuple[Option, ...] = (
         _path,
         None,
         "where attempts, budgets and logs are kept; must survive a recovery "
-        "(default ~/.skyguard/<SKYPILOT_TASK_ID>)",
+        "(default <state-root>/<run key>/node-<rank>, or ~/.skyguard/<run key>)",
+        "DIR",
+    ),
+    Option(
+        "state_root",
+        _path,
+        None,
+        "bucket mount or shared path that holds every run's state dir (docs/launch.md)",
         "DIR",
     ),
     Option(
@@ -214,6 +221,8 @@ class RunConfig:
     crash_loop_count: int
     crash_loop_window: float
     job_name: str
+    #: The run key (:mod:`devops.skypilot.node.identity`): same across recoveries and
+    #: controller restarts, new for every launch.
     task_id: str
     node_rank: int
     num_nodes: int = 1
@@ -231,7 +240,7 @@ class RunConfig:
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    #: Whether task_id came from SkyPilot (stable across recoveries).
+    #: Whether this is a SkyPilot managed job (recovered, often onto another machine).
     managed: bool = False
     dry_run: bool = False
 
@@ -363,13 +372,15 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     def value(name: str) -> Any:
         return _resolve(name, flags, env, file_run)
 
-    sky_task_id = env.get("SKYPILOT_TASK_ID", "")
-    task_id = sky_task_id or f"local-{uuid.uuid4().hex[:12]}"
+    task_id = run_key(env)
     node_rank = _env_count(env, "SKYPILOT_NODE_RANK", 0)
     num_nodes = max(1, _env_count(env, "SKYPILOT_NUM_NODES", 1))
     state_dir = value("state_dir")
-    if state_dir is None:
-        state_dir = Path.home() / ".skyguard" / _safe_name(task_id)
+    state_root = value("state_root")
+    if state_dir is None and state_root is not None:
+        state_dir = state_root / task_id / f"node-{node_rank}"
+    elif state_dir is None:
+        state_dir = Path.home() / ".skyguard" / task_id
         if num_nodes > 1:
             # Nodes may share a home (NFS): each keeps its own files. An explicit
             # --state-dir is used as given (recipes/job.yaml makes it per node).
@@ -379,7 +390,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     plain = {
         option.name: value(option.name)
         for option in OPTIONS
-        if option.name not in {"config", "state_dir", "heartbeat_file", "job_name"}
+        if option.name not in {"config", "state_dir", "state_root", "heartbeat_file", "job_name"}
     }
     config = RunConfig(
         command=tuple(command),
@@ -406,7 +417,3 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
     if config.preflight_timeout <= 0:
         raise ConfigError("--preflight-timeout must be > 0")
     return config
-
-
-def _safe_name(task_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", task_id)

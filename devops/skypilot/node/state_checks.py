@@ -10,6 +10,7 @@ import psutil
 
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
+from devops.skypilot.node.flush import unflushed_state_warning
 from devops.skypilot.node.state import StateDir
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,14 @@ def filesystem_type(path: Path) -> str:
 
 
 def warn_if_local_state(config: RunConfig) -> None:
-    """A managed job whose state dir is on local disk loses its history on a recovery."""
+    """A managed job whose state dir is on local disk loses its history on a recovery,
+    and so does one whose cached bucket mount nothing flushes after the runner."""
+    fstype = filesystem_type(config.state_dir)
+    unflushed = unflushed_state_warning(config.state_dir, fstype)
+    if unflushed is not None:
+        logger.warning("%s", unflushed)
     if not config.managed:
         return
-    fstype = filesystem_type(config.state_dir)
     if not any(fstype.startswith(shared) for shared in SHARED_FILESYSTEMS):
         logger.warning(
             "skyguard: state dir %s is on local disk (%s) of a managed job: attempt counts "

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devops.skypilot.client.git_state import GitCheckError, workdir_source
+from devops.skypilot.client.git_state import GitCheckError, origin_url, workdir_source
+from devops.skypilot.client.launch.identity import BUCKET_NAME, default_state_bucket
 from devops.skypilot.common.values import ConfigError, parse_count, parse_duration
 
 #: SkyPilot's own name rules (``sky.skylet.constants.CLUSTER_NAME_VALID_REGEX`` for
@@ -24,11 +25,16 @@ TASK_NAME_REGEX = r"[a-zA-Z0-9]+(?:[._-]{1,2}[a-zA-Z0-9]+)*"
 #: ``sky.utils.common_utils._VALID_ENV_VAR_REGEX``.
 ENV_NAME_REGEX = r"[a-zA-Z_][a-zA-Z0-9_]*"
 GPU_SPEC = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*(:\d+(\.\d+)?)?")
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 #: Envs the recipe reads that only ``launch`` may set (from the positional
 #: command and ``--name``), so an ``--env`` cannot contradict them.
-RESERVED_ENVS = ("SKYGUARD_CMD", "SKYGUARD_RUN_ID", "SKYGUARD_JOB_NAME", "SKYGUARD_GIT_COMMIT")
+RESERVED_ENVS = (
+    "SKYGUARD_CMD",
+    "SKYGUARD_RUN_ID",
+    "SKYGUARD_RUN_KEY",
+    "SKYGUARD_JOB_NAME",
+    "SKYGUARD_GIT_COMMIT",
+)
 #: Recipe envs that are defaults for launch's resource flags (SkyPilot does not
 #: substitute envs into ``resources``, so ``launch`` applies them).
 GPUS_ENV = "SKYGUARD_GPUS"
@@ -76,6 +82,8 @@ class LaunchRequest:
     state_root: str | None
     cluster: str | None
     git_commit: str | None
+    #: The bucket used when neither a flag, an env nor the recipe names one.
+    default_bucket: str = ""
 
 
 # ---------------------------------------------------------------- validation (no sky)
@@ -212,8 +220,11 @@ def _check_state_flags(args: argparse.Namespace) -> None:
         raise LaunchError(
             f"--state-root {args.state_root!r}: must be an absolute path on the nodes"
         )
-    if args.state_bucket is not None and not _BUCKET_NAME.fullmatch(args.state_bucket):
-        raise LaunchError(f"--state-bucket {args.state_bucket!r}: not a valid bucket name")
+    if args.state_bucket is not None and not BUCKET_NAME.fullmatch(args.state_bucket):
+        raise LaunchError(
+            f"--state-bucket {args.state_bucket!r}: not a valid bucket name "
+            "(3-63 of a-z 0-9 . -, starting and ending with a letter or digit)"
+        )
 
 
 def _resources_from_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -290,6 +301,9 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Pat
         state_root=args.state_root,
         cluster=args.cluster,
         git_commit=commit,
+        default_bucket=default_state_bucket(
+            getpass.getuser(), workdir.name, origin_url(workdir) or str(workdir)
+        ),
     )
 
 

@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from devops.skypilot.client.launch.identity import new_run_key
 from devops.skypilot.client.launch.request import (
     GPU_SPEC,
     GPUS_ENV,
@@ -55,6 +56,9 @@ def task_configs(request: LaunchRequest, recipe: Mapping[str, Any]) -> list[dict
         envs[STATE_ROOT_ENV] = request.state_root
         envs.pop(STATE_BUCKET_ENV, None)
         base.pop("file_mounts", None)
+    elif not envs.get(STATE_BUCKET_ENV):
+        # Bucket names are global: never a shared default (see identity.py).
+        envs[STATE_BUCKET_ENV] = request.default_bucket
 
     secrets = {str(k): "" if v is None else str(v) for k, v in (base.get("secrets") or {}).items()}
     secrets.update(request.secrets)
@@ -66,7 +70,12 @@ def task_configs(request: LaunchRequest, recipe: Mapping[str, Any]) -> list[dict
         name = request.name if request.copies == 1 else f"{request.name}-{index}"
         config = copy.deepcopy(base)
         config["name"] = name
-        config["envs"] = {**envs, "SKYGUARD_RUN_ID": name, "SKYGUARD_JOB_NAME": name}
+        config["envs"] = {
+            **envs,
+            "SKYGUARD_RUN_ID": name,
+            "SKYGUARD_RUN_KEY": new_run_key(name),
+            "SKYGUARD_JOB_NAME": name,
+        }
         configs.append(config)
     return configs
 
