@@ -15,11 +15,14 @@ gone again, within a few tens of milliseconds.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import sys
 import time
 from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
 
 #: What the runner writes once its tree is stopped: the watchdog has nothing to do.
 _DONE = b"done"
@@ -40,15 +43,21 @@ class Watchdog:
         double-forked into a session of its own, so it is never the runner's child
         (the runner judges its tree empty by having no child) and a signal to the
         runner's process group does not reach it."""
-        control_read, control_write = os.pipe()
-        alive_read, alive_write = os.pipe()
-        pid = os.fork()
+        try:
+            control_read, control_write = os.pipe()
+            alive_read, alive_write = os.pipe()
+            pid = os.fork()
+        except OSError as error:  # out of fds or processes: run without one, say so
+            logger.warning("skyguard: no watchdog for this attempt: %s", error)
+            return cls(-1, -1)
         if pid == 0:  # only system calls from here to exec: other threads may hold locks
             try:
                 os.setsid()
                 if os.fork() == 0:
                     os.dup2(control_read, 0)
                     os.dup2(alive_write, 1)  # closed when the watchdog exits
+                    os.set_inheritable(0, True)  # also where a pipe end already was 0 or 1
+                    os.set_inheritable(1, True)
                     argv = [sys.executable, "-m", __name__, token, repr(grace)]
                     os.execv(sys.executable, argv)
             finally:
