@@ -24,7 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = REPO / "tests" / "e2e" / "slurm_cluster.sh"
-#: Guard against a hang only; the tier itself takes ~10 minutes.
+#: Guard against a hang only; the tier itself takes 15-25 minutes.
 JOB_TIMEOUT = 20 * 60.0
 POLL_SECONDS = 5.0
 #: How long the session's teardown waits for the controller to take clusters down.
@@ -58,7 +58,7 @@ print(max(int(r.job_id) for r in records if r.job_name == sys.argv[1]))
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("SKYGUARD_E2E") == "1":
         return
-    skip = pytest.mark.skip(reason="end-to-end tier: set SKYGUARD_E2E=1 (root, ~10 min)")
+    skip = pytest.mark.skip(reason="end-to-end tier: set SKYGUARD_E2E=1 (root, 15-25 min)")
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
