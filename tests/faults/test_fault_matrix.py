@@ -31,7 +31,6 @@ from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VA
 from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
-from devops.skypilot.node.watchdog import NAME as WATCHDOG
 from tests.conftest import PYTHON, REPO, SkyguardRunner
 from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
@@ -590,7 +589,7 @@ def _watchdog(live: Live) -> list[psutil.Process]:
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             command = process.cmdline()
-            if command[:1] == ["/bin/sh"] and WATCHDOG in command and token in command:
+            if "devops.skypilot.node.watchdog" in command and token in command:
                 found.append(process)
     assert len(found) == 1, f"one watchdog per attempt, found {found}"
     return found

@@ -7,10 +7,9 @@ the runner is gone (SIGKILL, the OOM killer), and the watchdog stops every
 process of the attempt (:func:`devops.skypilot.node.leftovers.stop`: SIGTERM,
 ``--grace``, SIGKILL) and exits.
 
-The process is a two-line ``/bin/sh`` script: ready and gone again in about a
-millisecond, so a command that ends at once does not wait for an interpreter to
-start. Only when the runner died does it become ``python -m
-devops.skypilot.node.watchdog TOKEN GRACE``, which does the stopping.
+``python -m devops.skypilot.node.watchdog TOKEN GRACE`` is the process. It imports
+nothing beyond the standard library until it has to act, so it is ready, and
+gone again, within a few tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -26,15 +25,7 @@ from collections.abc import Sequence
 logger = logging.getLogger(__name__)
 
 #: What the runner writes once its tree is stopped: the watchdog has nothing to do.
-_DONE = b"done\n"
-#: The watchdog until it has to act ($0 names it in ``ps``).
-_SCRIPT = """
-read -r said || said=
-[ "$said" = done ] && exit 0
-exec "$1" -m devops.skypilot.node.watchdog "$2" "$3"
-"""
-#: ``$0`` of the watchdog's shell: how it shows in ``ps``.
-NAME = "skyguard-watchdog"
+_DONE = b"done"
 #: How long the runner waits for a released watchdog to exit.
 _EXIT_WAIT = 2.0
 
@@ -67,8 +58,8 @@ class Watchdog:
                     os.dup2(alive_write, 1)  # closed when the watchdog exits
                     os.set_inheritable(0, True)  # also where a pipe end already was 0 or 1
                     os.set_inheritable(1, True)
-                    argv = ["/bin/sh", "-c", _SCRIPT, NAME, sys.executable, token, repr(grace)]
-                    os.execv("/bin/sh", argv)
+                    argv = [sys.executable, "-m", __name__, token, repr(grace)]
+                    os.execv(sys.executable, argv)
             finally:
                 os._exit(0)
         os.close(control_read)
@@ -101,10 +92,15 @@ class Watchdog:
 
 
 def main(argv: Sequence[str]) -> int:
-    """The runner died without stopping its command: stop what is left of it."""
+    """The watchdog: wait for the runner's word; without it, stop the attempt."""
+    token, grace = argv[0], float(argv[1])
+    told = b""
+    while chunk := os.read(0, 64):
+        told += chunk
+    if told == _DONE:
+        return 0
     from devops.skypilot.node.leftovers import stop
 
-    token, grace = argv[0], float(argv[1])
     count = stop(token, grace)
     if count:
         print(
