@@ -88,3 +88,33 @@ def test_only_a_cached_rclone_mount_is_warned_about(tmp_path: Path) -> None:
     for fstype in ("ext4", "nfs4", "fuse", "fuse.gcsfuse", "9p", ""):
         assert unflushed_state_warning(tmp_path, fstype) is None
     assert unflushed_state_warning(tmp_path, "fuse.rclone") is not None
+
+
+def test_an_ancestor_reading_its_script_from_a_pipe_never_blocks_the_runner(
+    tmp_path: Path,
+) -> None:
+    """`bash /dev/fd/3` or `bash FIFO` above the runner: the argument is a pipe, and
+    opening it to look for the flush would wait for a writer forever."""
+    fifo = tmp_path / "script.fifo"
+    os.mkfifo(fifo)
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    shell = subprocess.Popen(
+        ["/bin/bash", str(fifo)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with fifo.open("w") as writer:
+            writer.write(PROBE + FLUSH)
+        stdout, stderr = shell.communicate(timeout=60)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.communicate()
+    assert shell.returncode == 0, stderr
+    found, warning = stdout.strip().splitlines()[-2:]
+    assert found == "None"
+    assert warning != "None"

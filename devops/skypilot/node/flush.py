@@ -21,6 +21,7 @@ What it cannot see: a ``run:`` that ``set -e`` makes abort before its end.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import psutil
@@ -98,8 +99,18 @@ def _script_file(process: psutil.Process) -> Path | None:
 
 
 def _holds_flush(script: Path) -> bool:
+    # Only a regular file: an ancestor's argument may name a pipe (`bash /dev/fd/3`),
+    # and reading one would block the runner's start for good.
+    # O_NONBLOCK: opening a FIFO for reading would wait for a writer.
     try:
-        with script.open("rb") as handle:
-            return FLUSH_MARKER in handle.read(_MAX_SCRIPT_BYTES)
+        fd = os.open(script, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return FLUSH_MARKER in os.read(fd, _MAX_SCRIPT_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
