@@ -7,12 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:  # requests costs the runner's start-up ~0.1 s: loaded on first send
-    pass
-
 
 REDACTED = "***"
 
