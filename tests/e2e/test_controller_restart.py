@@ -6,7 +6,8 @@ controller's timestamp). The controller runs inside the local API server
 (consolidation mode): ``sky api stop`` stops it mid-attempt, ``sky api start`` starts
 it again, and from then on SkyPilot hands the job a ``SKYPILOT_TASK_ID`` with a new
 timestamp. The demo hangs on every attempt: all attempts must land in one state
-dir, numbered on, until the crash-loop guard ends the job.
+dir, numbered on, until the crash-loop guard ends the endless hang/recover loop
+with 125 (this is the tier's crash-loop test too: one slow job, not two).
 
 It runs alone, before the concurrent jobs of ``test_slurm_e2e.py`` are submitted
 (files run in name order): restarting the controller under them would restart them too.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from devops.skypilot.common.termination import EXIT_CRASH_LOOP
+from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
 from .conftest import JOB_TIMEOUT, POLL_SECONDS, TERMINAL, Cluster
 
@@ -36,7 +37,9 @@ def _wait_for(predicate, what: str, timeout: float) -> None:  # type: ignore[no-
         time.sleep(POLL_SECONDS)
 
 
-def test_controller_restart_mid_job_keeps_the_attempt_count(cluster: Cluster) -> None:
+def test_controller_restart_keeps_the_attempt_count_and_the_guard_ends_a_hang_loop(
+    cluster: Cluster,
+) -> None:
     name = f"e2e-restart-{cluster.session}"
     rendered = cluster.launch(
         "--dump-config",
@@ -91,11 +94,17 @@ def test_controller_restart_mid_job_keeps_the_attempt_count(cluster: Cluster) ->
     finally:
         if not ended():
             cluster.run([str(cluster.sky), "jobs", "cancel", "-y", str(job_id)], check=False)
-    assert cluster.queue([job_id])[job_id]["status"] == "FAILED"
+    state = cluster.queue([job_id])[job_id]
+    assert state["status"] == "FAILED"
+    assert state["recoveries"] == 1
     data = json.loads((run_dir / "termination.json").read_text())
     history = data["history"]
     attempts = [item["attempt"] for item in history]
     assert attempts == list(range(1, len(history) + 1)), attempts
+    assert [(r["reason"], r["exit_code"]) for r in history] == [
+        ("heartbeat_timeout", EXIT_RETRY),
+        ("crash_loop", EXIT_CRASH_LOOP),
+    ]
     assert data["reason"] == "crash_loop" and data["exit_code"] == EXIT_CRASH_LOOP
     assert {item["task_id"] for item in history} == {f"{name}_{job_id}-0"}
     # The restart really gave the job a new SKYPILOT_TASK_ID on a later attempt.
@@ -108,3 +117,5 @@ def test_controller_restart_mid_job_keeps_the_attempt_count(cluster: Cluster) ->
         item.startswith("sky-managed-") and item.endswith(f"_{name}_{job_id}-0") for item in seen
     )
     assert not list(Path(cluster.state_root).glob(f"sky-managed-*_{name}_*"))
+    # What the user sees without the state dir: the controller relayed the guard's end.
+    assert cluster.status(name)["last"]["exit_code"] == EXIT_CRASH_LOOP
