@@ -31,6 +31,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "submit a supervised job to SkyPilot (client side)",
     ),
     "status": ("devops.skypilot.client.status", "a job's state and its attempt history"),
+    "init": (
+        "devops.skypilot.client.launch.recipes",
+        "write .skyguard/job.yaml into this repository, to customise what launch submits",
+    ),
     "notify": ("notifications.cli", "send a test notification on each configured channel"),
     "nccl-check": (
         "devops.skypilot.node.nccl.preflight",
