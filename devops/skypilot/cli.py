@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from devops.skypilot.common.console import release_closed_streams
+from devops.skypilot.common.console import fill_closed_standard_fds, release_closed_streams
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 
@@ -63,6 +63,7 @@ def build_parser(argv: Sequence[str]) -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    fill_closed_standard_fds()  # first: before any file could take a closed fd's number
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
