@@ -9,7 +9,7 @@ from pathlib import Path
 
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.monitors.base import Monitor
-from devops.skypilot.node.monitors.rank_beats import RankBeats
+from devops.skypilot.node.monitors.rank_beats import RankBeats, never_beat
 from devops.skypilot.node.monitors.setup import MonitorSetup
 
 _Signature = tuple[int, int, int]
@@ -99,6 +99,17 @@ class HeartbeatMonitor(Monitor):
         rank_deadline = self.ranks.next_deadline(self.timeout)
         return min(now + self.interval, self._deadline(), rank_deadline or self._deadline())
 
+    def _silent_ranks(self, now: float) -> dict[int, int]:
+        """Ranks that never beat, a timeout after another rank's first beat.
+
+        Not the startup grace: the job is past its startup once a rank beats, and
+        a rank a whole timeout behind the first is stuck, not loading.
+        """
+        first = self.ranks.first_beat
+        if first is None or now < first + self.timeout:
+            return {}
+        return self.ranks.silent()
+
     def check(self, now: float) -> Verdict | None:
         signature = self._stat()
         if signature is not None and signature != self._signature:
@@ -113,6 +124,11 @@ class HeartbeatMonitor(Monitor):
         # Beats are paced by the client (a tenth of the timeout, at most 1 s) and seen
         # up to one interval late: ranks closer than that stopped together.
         margin = min(1.0, self.timeout / 10) + self.interval
+        silent = self._silent_ranks(now)
+        if silent:
+            waited = now - (self.ranks.first_beat or now)
+            detail = never_beat(silent, waited, self.ranks.beaten(), self.timeout)
+            return Verdict(TerminationReason.HEARTBEAT_TIMEOUT, detail, ranks=tuple(sorted(silent)))
         blamed, detail = self.ranks.stale(now, self.timeout, margin)
         if detail:
             return Verdict(TerminationReason.HEARTBEAT_TIMEOUT, detail, ranks=blamed)
