@@ -324,12 +324,15 @@ def pid_hopper(trail: str, own_session: str = "") -> int:
     return 0
 
 
-def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0") -> int:
-    """Print ``text``, then ``filler`` ordinary lines, beat for ``seconds``, exit ``code``:
-    a job that prints something alarming and then goes on (or fails on its own)."""
+def say(text: str, seconds: str = "1", code: str = "0", filler: str = "0", error: str = "") -> int:
+    """Print ``text``, then ``filler`` ordinary lines (and ``error`` on stderr), beat for
+    ``seconds``, exit ``code``: a job that prints something alarming and then goes on
+    (or fails on its own)."""
     print(text, flush=True)
     for step in range(int(filler)):
         print(f"step {step} loss 0.1")
+    if error:
+        print(error, file=sys.stderr, flush=True)
     beat_for(seconds)
     return int(code)
 

@@ -78,6 +78,11 @@ wait $!
 while [ ! -e "$FAULT_GO" ]; do sleep 0.02; done
 exec "$@"
 """
+#: ``skyguard run ... >&-`` (and ``<&- 2>&-``): the runner starts with those fds closed.
+CLOSED_FDS_WRAPPER = {
+    "stdout-closed": 'exec "$@" >&-',
+    "std-fds-closed": 'exec "$@" <&- >&- 2>&-',
+}
 HEAD_WRAPPER = r"""
 "$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
 exit "${PIPESTATUS[0]}"
@@ -171,7 +176,8 @@ class Scenario:
     #: History length on disk afterwards; None when nothing can be on disk.
     history: int | None = 2
     #: "plain", "read-only" (mount namespace), "clock+N" / "clock-N" (jumped wall clock)
-    #: or "head-1" (the runner's stdout and stderr piped into ``head -1``).
+    #: "head-1" (the runner's stdout and stderr piped into ``head -1``), or "stdout-closed" /
+    #: "std-fds-closed" (the runner started with fd 1, or fds 0-2, closed).
     launcher: str = "plain"
     action: Action | None = None
     check: Check | None = None
@@ -367,6 +373,21 @@ def told_despite_closed_output(done: Finished) -> None:
     assert done.endpoint is not None
     ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
     assert ends, f"observers never told of the end: {done.endpoint.posts}"
+
+
+#: What the command prints in the closed-fds scenarios, once on stdout and once on stderr.
+SAID_ONCE = "said once, to a runner without a stdout"
+
+
+def logged_once_despite_closed_fds(done: Finished) -> None:
+    """Every line reached the log exactly once: a closed fd 1 taken over by the log file
+    would have made the copy "to our stdout" write each stdout line into it a second time."""
+    log = done.log.read_text()
+    assert log.count(SAID_ONCE) == 2, log[-2000:]
+    assert log.count("step 2 loss") == 1, log[-2000:]
+    if done.endpoint is not None:
+        ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
+        assert ends, f"observers never told of the end: {done.endpoint.posts}"
 
 
 # --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
@@ -811,6 +832,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         check=told_despite_closed_output,
     ),
     Scenario(
+        # `skyguard run ... >&-`: sys.stdout was None and the copy crashed the runner.
+        "runner-started-with-stdout-closed",
+        child("say", SAID_ONCE, "0.2", "3", "3", SAID_ONCE),
+        "job_failed",
+        3,
+        launcher="stdout-closed",
+        check=logged_once_despite_closed_fds,
+    ),
+    Scenario(
+        "runner-started-with-stdin-stdout-stderr-closed",
+        child("say", SAID_ONCE, "0.2", "3", "3", SAID_ONCE),
+        "job_failed",
+        3,
+        launcher="std-fds-closed",
+        endpoint="ok",
+        check=logged_once_despite_closed_fds,
+    ),
+    Scenario(
         # The state dir's disk fills up with the attempt log, heartbeats included.
         "log-disk-full",
         child("fill-log-disk", "12000", "2"),
@@ -1155,6 +1194,9 @@ def _launch(
     if scenario.launcher == "read-only":
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher in CLOSED_FDS_WRAPPER:
+        wrapper = ["sh", "-c", CLOSED_FDS_WRAPPER[scenario.launcher]]
+        return [*wrapper, "sh", *skyguard.argv(runner_args)]
     if scenario.launcher == "head-1":
         return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
     if scenario.launcher == "sigkill-restart":
@@ -1304,7 +1346,7 @@ def _run(
         peak_rss,
         time.monotonic() - started,
         endpoint,
-        output_closed=scenario.launcher == "head-1",
+        output_closed=scenario.launcher in ("head-1", "std-fds-closed"),
     )
 
 

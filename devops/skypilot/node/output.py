@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -190,8 +189,10 @@ class OutputCopy:
     def start(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
         """Start copying the command's two pipes (their read ends)."""
         self._tees = [
-            _Tee(stdout, sys.stdout.fileno(), self._log, self._sink),
-            _Tee(stderr, sys.stderr.fileno(), self._log, self._sink),
+            # Our fds 1 and 2, whatever sys.stdout is (None where we were started with
+            # them closed: the CLI's first line puts the null device there).
+            _Tee(stdout, 1, self._log, self._sink),
+            _Tee(stderr, 2, self._log, self._sink),
         ]
         for tee in self._tees:
             tee.start()

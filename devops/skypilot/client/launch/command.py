@@ -4,7 +4,7 @@
 
 Client side. ``sky`` is imported lazily, inside the functions that talk to
 SkyPilot (:mod:`.task`, :mod:`.submit`), so ``--help`` and every input error
-answer before SkyPilot is even loaded. The task comes from ``recipes/job.yaml``; flags
+answer before SkyPilot is even loaded. The task comes from a recipe (:mod:`.recipes`); flags
 fill in its ``envs``, ``secrets`` and resources. By default the job is a managed
 job (SkyPilot restarts it when the runner exits 75); ``--cluster NAME`` runs it
 with a plain ``sky launch`` instead.
@@ -56,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "[default: <user>-<timestamp>]",
     )
     job.add_argument(
-        "--recipe", metavar="YAML", help="task recipe [default: <workdir>/recipes/job.yaml]"
+        "--recipe",
+        metavar="YAML",
+        help="task recipe [default: <workdir>/.skyguard/job.yaml (skyguard init), else the "
+        "recipe that ships with skyguard]",
     )
     job.add_argument(
         "--workdir", metavar="DIR", help="directory synced to the nodes [default: git top level]"

@@ -14,6 +14,7 @@ from typing import Any
 
 from devops.skypilot.client.git_state import GitCheckError, origin_url, workdir_source
 from devops.skypilot.client.launch.identity import BUCKET_NAME, default_state_bucket
+from devops.skypilot.client.launch.recipes import RecipeError, find_recipe
 from devops.skypilot.common.values import ConfigError, parse_count, parse_duration
 
 #: SkyPilot's own name rules (``sky.skylet.constants.CLUSTER_NAME_VALID_REGEX`` for
@@ -285,9 +286,10 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Pat
         )
     except GitCheckError as error:
         raise LaunchError(str(error)) from None
-    recipe = Path(args.recipe).expanduser() if args.recipe else workdir / "recipes" / "job.yaml"
-    if not recipe.is_file():
-        raise LaunchError(f"no recipe at {recipe}: pass --recipe PATH")
+    try:
+        recipe = find_recipe(args.recipe, workdir)
+    except RecipeError as error:
+        raise LaunchError(str(error)) from None
     return LaunchRequest(
         command=tuple(command),
         name=name,
