@@ -23,8 +23,9 @@ import psutil
 
 from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.termination import TerminationReason, Verdict
-from devops.skypilot.node.forensics import flight
 from devops.skypilot.node.forensics.capture import Captured, Target, capture, find_py_spy
+from devops.skypilot.node.forensics.flight import TIMEOUT as FLIGHT_TIMEOUT
+from devops.skypilot.node.forensics.flight import analyse as analyse_flight_recorder
 from devops.skypilot.node.forensics.stacks import format_stack
 from devops.skypilot.node.forensics.summary import summarize
 
@@ -103,7 +104,7 @@ def after_stop(
     """
     if timeout <= 0:
         return forensics
-    line = flight.analyse(env, since, directory, max(flight.TIMEOUT, timeout))
+    line = analyse_flight_recorder(env, since, directory, max(FLIGHT_TIMEOUT, timeout))
     if line is None:
         return forensics
     logger.warning("skyguard: %s", line)
