@@ -36,6 +36,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "write .skyguard/job.yaml into this repository, to customise what launch submits",
     ),
     "notify": ("notifications.cli", "send a test notification on each configured channel"),
+    "notify-event": (
+        "devops.skypilot.controller.event",
+        "SkyPilot's event_callback on the jobs controller: announce a managed-job status",
+    ),
     "nccl-check": (
         "devops.skypilot.node.nccl.preflight",
         "NCCL/gloo preflight: collectives and bus bandwidth",
