@@ -45,6 +45,16 @@ def beats(count: int = 3) -> Heartbeat:
     return beat
 
 
+def beats_until_go() -> Heartbeat:
+    """Beat until the test says the runner has counted one (``$FAULT_GO``)."""
+    beat = Heartbeat(min_interval=0)
+    go = os.environ["FAULT_GO"]
+    while not os.path.exists(go):
+        beat.beat()
+        time.sleep(0.02)
+    return beat
+
+
 def hang() -> None:
     while True:
         time.sleep(3600)
@@ -156,7 +166,7 @@ def remove_state_dir(code: str) -> int:
 
 def remove_state_dir_while_beating() -> int:
     """The heartbeat file's directory vanishes (a bucket unmounted) while the loop goes on."""
-    beat = beats()
+    beat = beats_until_go()
     shutil.rmtree(os.environ["SKYGUARD_STATE_DIR"])
     while True:
         beat.beat()
@@ -178,7 +188,7 @@ def wait_then_exit(code: str) -> int:
 
 
 def delete_heartbeat() -> int:
-    beat = beats()
+    beat = beats_until_go()
     assert beat.path is not None
     beat.path.unlink()
     ready()

@@ -38,9 +38,9 @@ def test_the_longest_gap_times_the_factor_never_above_the_configured() -> None:
 
 def test_an_unreadable_history_derives_nothing(tmp_path: Path) -> None:
     (tmp_path / beat_gaps.FILE).write_text("{not json")
-    assert beat_gaps.load(tmp_path) == []
-    beat_gaps.save(tmp_path, Gaps(3, 0.25, 0.2))
-    assert beat_gaps.load(tmp_path) == [Gaps(3, 0.25, 0.2)]
+    assert beat_gaps.load_gaps(tmp_path) == []
+    beat_gaps.save_gaps(tmp_path, Gaps(3, 0.25, 0.2))
+    assert beat_gaps.load_gaps(tmp_path) == [Gaps(3, 0.25, 0.2)]
 
 
 def test_the_second_attempt_uses_the_timeout_derived_from_the_first(

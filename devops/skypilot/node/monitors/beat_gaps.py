@@ -43,7 +43,7 @@ class Gaps:
     lag: float
 
 
-def load(state_dir: Path) -> list[Gaps]:
+def load_gaps(state_dir: Path) -> list[Gaps]:
     """Earlier attempts' gaps; a missing or unreadable file is no history."""
     try:
         data = json.loads((state_dir / FILE).read_text())
@@ -57,9 +57,9 @@ def load(state_dir: Path) -> list[Gaps]:
         return []
 
 
-def save(state_dir: Path, gaps: Gaps) -> None:
+def save_gaps(state_dir: Path, gaps: Gaps) -> None:
     """Append this attempt's gaps (atomic replace); a failure is logged, never raised."""
-    history = [*load(state_dir), gaps][-KEPT:]
+    history = [*load_gaps(state_dir), gaps][-KEPT:]
     try:
         fd, temp = tempfile.mkstemp(prefix=".beat-gaps.", dir=state_dir)
         try:

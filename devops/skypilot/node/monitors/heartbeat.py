@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from devops.skypilot.common.termination import TerminationReason, Verdict
-from devops.skypilot.node.monitors import beat_gaps
 from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.beat_gaps import Gaps, derive, load_gaps, save_gaps
 from devops.skypilot.node.monitors.rank_beats import RankBeats, never_beat
 from devops.skypilot.node.monitors.setup import MonitorSetup
 
-_Signature = tuple[int, int, int]
 logger = logging.getLogger(__name__)
+
+_Signature = tuple[int, int, int]
 
 
 class HeartbeatMonitor(Monitor):
@@ -69,7 +70,7 @@ class HeartbeatMonitor(Monitor):
         pattern = re.compile(config.progress_pattern) if config.progress_pattern else None
         timeout, grace = config.heartbeat_timeout, config.startup_grace
         factor = config.derived_timeout_factor
-        derived = beat_gaps.derive(beat_gaps.load(config.state_dir), factor, timeout)
+        derived = derive(load_gaps(config.state_dir), factor, timeout)
         if derived is not None:
             logger.warning("skyguard: %s", derived[1])
             # The first beat keeps the configured deadline: a startup is not a gap.
@@ -132,8 +133,8 @@ class HeartbeatMonitor(Monitor):
         each rank's own (a rank's gap can be longer than the job's)."""
         if self.gaps_dir is not None and self._gaps:
             longest = max(self._longest_gap, self.ranks.longest_gap)
-            gaps = beat_gaps.Gaps(self._gaps, round(longest, 3), self.interval)
-            beat_gaps.save(self.gaps_dir, gaps)
+            gaps = Gaps(self._gaps, round(longest, 3), self.interval)
+            save_gaps(self.gaps_dir, gaps)
 
     def _beat_at(self, when: float) -> None:
         if self._last_beat is not None and when > self._last_beat:
@@ -142,6 +143,7 @@ class HeartbeatMonitor(Monitor):
         self._last_beat = when
 
     def check(self, now: float) -> Verdict | None:
+        waiting = self._last_beat is None
         signature = self._stat()
         beat = self.ranks.scan(now)
         if signature is not None and signature != self._signature:
@@ -152,6 +154,9 @@ class HeartbeatMonitor(Monitor):
             self._beat_at(min(line_beat, now))
         if beat:
             self._beat_at(now)
+        if waiting and self._last_beat is not None:
+            # How long the start took: what --startup-grace has to cover.
+            logger.info("skyguard: first heartbeat %.1fs after the start", now - self._started)
         # Beats are paced by the client (a tenth of the timeout, at most 1 s) and seen
         # up to one interval late: ranks closer than that stopped together.
         margin = min(1.0, self.timeout / 10) + self.interval
