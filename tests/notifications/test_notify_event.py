@@ -261,8 +261,13 @@ def run_recipe_callback(
 
     script = tmp_path / "callback.sh"
     script.write_text(yaml.safe_load((ROOT / "recipes" / "job.yaml").read_text())["event_callback"])
-    # SkyPilot's controller runs as `<absolute venv path>/python -u -m sky.jobs.controller`.
-    parent = [sys.executable, "-c", f"import subprocess; subprocess.run(['bash', {str(script)!r}])"]
+    # SkyPilot's controller runs as `<absolute venv path>/python -u -m sky.jobs.controller`
+    # and starts the callback with Popen("/bin/bash -i FILE", shell=True).
+    parent = [
+        sys.executable,
+        "-c",
+        f"import subprocess; subprocess.run('/bin/bash -i {script}', shell=True)",
+    ]
     command = ["bash", "-c", f"bash {script}; true"] if via_shell else parent
     return subprocess.run(
         command,
