@@ -4,10 +4,14 @@ writes one to customise, and launch finds the right one (``--recipe``, then the 
 
 from __future__ import annotations
 
+import base64
 import filecmp
+import hashlib
 import os
 import subprocess
 import sys
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from devops.skypilot.client.launch import recipes
+from devops.skypilot.client.launch import recipes, wheel
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 from .test_launch import STATE, dry_run, git
@@ -124,3 +128,69 @@ def test_init_into_a_missing_dir_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     expected = f"skyguard init: error: --dir {tmp_path / 'nope'}: not a directory"
     assert result.stderr.strip() == expected
+
+
+# ---------------------------------------------------------------- the wheel the nodes get
+
+
+def test_the_wheel_is_this_installation_and_the_same_bytes_every_time(tmp_path: Path) -> None:
+    first = wheel.build_wheel(tmp_path)
+    second = wheel.build_wheel(tmp_path / "elsewhere")
+    assert first.name == second.name == f"skyguard-{metadata.version('skyguard')}-py3-none-any.whl"
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(first) as archive:
+        names = archive.namelist()
+        info = f"skyguard-{metadata.version('skyguard')}.dist-info"
+        # Every module and the recipes, byte for byte; no caches.
+        for relative in ("devops/skypilot/heartbeat.py", "notifications/__init__.py"):
+            assert archive.read(relative) == (REPO / relative).read_bytes()
+        for recipe in ("job.yaml", "setup.sh"):
+            assert (
+                archive.read(f"devops/skypilot/recipes/{recipe}")
+                == (REPO / "recipes" / recipe).read_bytes()
+            )
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert (
+            "skyguard = devops.skypilot.cli:main"
+            in archive.read(f"{info}/entry_points.txt").decode()
+        )
+        # RECORD lists every other file with its real hash and size (pip checks it).
+        record = archive.read(f"{info}/RECORD").decode().splitlines()
+        listed = {line.split(",")[0]: line for line in record}
+        assert set(listed) == set(names)
+        for name in names:
+            if name.endswith("RECORD"):
+                continue
+            data = archive.read(name)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            assert listed[name] == f"{name},sha256={digest.decode()},{len(data)}"
+
+
+def test_launch_ships_the_wheel_and_its_setup_by_file_mounts(
+    user_repo: Path, tmp_path: Path
+) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (config,) = dry_run("--skip-git-check", *STATE, "--", "true", env=env, cwd=user_repo)
+    name = config["envs"]["SKYGUARD_WHEEL"]
+    mounts = config["file_mounts"]
+    shipped = Path(mounts[f"~/.skyguard/dist/{name}"])
+    assert shipped.is_file() and not shipped.is_symlink()
+    assert shipped.is_relative_to(tmp_path / "cache" / "skyguard" / "wheels")
+    setup_sh = Path(mounts["~/.skyguard/dist/setup.sh"])
+    assert not setup_sh.is_symlink()
+    assert setup_sh.read_bytes() == (REPO / "recipes" / "setup.sh").read_bytes()
+    # --state-root dropped only the state bucket's mount.
+    assert set(mounts) == {f"~/.skyguard/dist/{name}", "~/.skyguard/dist/setup.sh"}
+    # With the bucket: both, and the recipe's setup installs the shipped wheel.
+    (bucket,) = dry_run("--skip-git-check", "--", "true", env=env, cwd=user_repo)
+    assert set(bucket["file_mounts"]) == {*mounts, "${SKYGUARD_STATE_ROOT}"}
+    assert "bash ~/.skyguard/dist/setup.sh" in bucket["setup"]
+
+
+def test_the_wheel_name_is_reserved_for_launch(user_repo: Path) -> None:
+    result = skyguard(
+        "launch", "--skip-git-check", "--env", "SKYGUARD_WHEEL=x.whl", "--", "true", cwd=user_repo
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR
+    assert "set by skyguard launch itself" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

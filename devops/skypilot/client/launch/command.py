@@ -37,6 +37,7 @@ from devops.skypilot.client.launch.request import (
 )
 from devops.skypilot.client.launch.submit import follow, quiet_libraries, sky_message, submit
 from devops.skypilot.client.launch.task import render, task_configs, validate_with_sky
+from devops.skypilot.common.packages import DOCS, repo_hides_heartbeat
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 # ---------------------------------------------------------------- arguments
@@ -171,6 +172,15 @@ def _confirm(stream: IO[str]) -> bool:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> int:
     request = build_request(args, environ, cwd)
+    hiding = (
+        repo_hides_heartbeat(Path(request.workdir)) if isinstance(request.workdir, str) else None
+    )
+    if hiding is not None:
+        print(
+            f"skyguard launch: warning: {hiding} hides skyguard's 'devops' from code run in the "
+            f"workdir (`from devops.skypilot import heartbeat` fails there): see {DOCS}",
+            file=sys.stderr,
+        )
     configs = task_configs(request, load_recipe(request.recipe))
     if args.dry_run or args.dump_config:
         validate_with_sky(configs)
