@@ -120,11 +120,13 @@ class HeartbeatMonitor(Monitor):
     def _silent_ranks(self, now: float) -> dict[int, int]:
         """Ranks that never beat, a timeout after another rank's first beat.
 
-        Not the startup grace: the job is past its startup once a rank beats, and
-        a rank a whole timeout behind the first is stuck, not loading.
+        Only once two ranks or more beat: a job that beats from rank 0 alone (its
+        collectives drag it along) has ranks that never beat by design. Not the
+        startup grace: the job is past its startup once a rank beats, and a rank a
+        whole timeout behind the first is stuck, not loading.
         """
         first = self.ranks.first_beat
-        if first is None or now < first + self.timeout:
+        if first is None or now < first + self.timeout or len(self.ranks.beaten()) < 2:
             return {}
         return self.ranks.silent()
 
