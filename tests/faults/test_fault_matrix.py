@@ -78,6 +78,11 @@ wait $!
 while [ ! -e "$FAULT_GO" ]; do sleep 0.02; done
 exec "$@"
 """
+#: ``skyguard run ... >&-`` (and ``<&- 2>&-``): the runner starts with those fds closed.
+CLOSED_FDS_WRAPPER = {
+    "stdout-closed": 'exec "$@" >&-',
+    "std-fds-closed": 'exec "$@" <&- >&- 2>&-',
+}
 HEAD_WRAPPER = r"""
 "$@" 2>&1 | { head -1 >"$FAULT_STATE.head"; exec 0<&-; touch "$FAULT_GO"; }
 exit "${PIPESTATUS[0]}"
@@ -171,7 +176,8 @@ class Scenario:
     #: History length on disk afterwards; None when nothing can be on disk.
     history: int | None = 2
     #: "plain", "read-only" (mount namespace), "clock+N" / "clock-N" (jumped wall clock)
-    #: or "head-1" (the runner's stdout and stderr piped into ``head -1``).
+    #: "head-1" (the runner's stdout and stderr piped into ``head -1``), or "stdout-closed" /
+    #: "std-fds-closed" (the runner started with fd 1, or fds 0-2, closed).
     launcher: str = "plain"
     action: Action | None = None
     check: Check | None = None
@@ -209,6 +215,21 @@ def send_to_runner(signum: signal.Signals) -> Action:
         live.process.send_signal(signum)
 
     return act
+
+
+def after_first_beat(live: Live) -> None:
+    """Let the command go on once the runner has counted a beat: a file that goes
+    before the monitor saw it beat is no heartbeat file yet, however slow the machine."""
+    said = live.tmp / "stderr"
+    live.wait_until(
+        "counted a heartbeat",
+        lambda: "skyguard: first heartbeat" in said.read_text(errors="replace"),
+    )
+    live.go.touch()
+
+
+#: The start of a command, however slow, is not what these scenarios are about.
+SLOW_START = ("--startup-grace", "60")
 
 
 def blocked_in_kernel(live: Live) -> None:
@@ -369,6 +390,21 @@ def told_despite_closed_output(done: Finished) -> None:
     assert ends, f"observers never told of the end: {done.endpoint.posts}"
 
 
+#: What the command prints in the closed-fds scenarios, once on stdout and once on stderr.
+SAID_ONCE = "said once, to a runner without a stdout"
+
+
+def logged_once_despite_closed_fds(done: Finished) -> None:
+    """Every line reached the log exactly once: a closed fd 1 taken over by the log file
+    would have made the copy "to our stdout" write each stdout line into it a second time."""
+    log = done.log.read_text()
+    assert log.count(SAID_ONCE) == 2, log[-2000:]
+    assert log.count("step 2 loss") == 1, log[-2000:]
+    if done.endpoint is not None:
+        ends = [body for _, body in done.endpoint.posts if "job_failed" in json.dumps(body)]
+        assert ends, f"observers never told of the end: {done.endpoint.posts}"
+
+
 # --- bad input: state files, heartbeat file, numbers, pid reuse, log text (issue 13) -------
 
 
@@ -377,6 +413,21 @@ def stderr_has(text: str) -> Check:
         assert text in done.stderr, done.stderr[-3000:]
 
     return check
+
+
+def bad_input(
+    name: str, options: tuple[str, ...], said: str, files: tuple[tuple[str, str], ...] = ()
+) -> Scenario:
+    """The runner refuses the input before the command starts: one line, exit 2."""
+    return Scenario(
+        name,
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        options,
+        files=files,
+        check=stderr_has(said),
+    )
 
 
 def _history(**changes: Any) -> str:
@@ -703,7 +754,15 @@ SCENARIOS: tuple[Scenario, ...] = (
             action=send_to_runner(signum),
             check=detail_has(f"runner received {signum.name}"),
         )
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        # SIGALRM, SIGXCPU, SIGQUIT: issue 13, fault 3 (every stop signal is handled)
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGALRM,
+            signal.SIGXCPU,
+            signal.SIGQUIT,
+        )
     ),
     Scenario("state-dir-deleted", child("remove-state-dir", "3"), "job_failed", 3),
     Scenario(
@@ -711,7 +770,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("remove-state-dir-while-beating"),
         "heartbeat_unreadable",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
+        action=after_first_beat,
     ),
     Scenario(
         "state-dir-not-a-directory",
@@ -735,7 +795,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("delete-heartbeat"),
         "heartbeat_unreadable",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
+        action=after_first_beat,
         check=detail_has("[errno 2]"),
     ),
     Scenario(
@@ -754,7 +815,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("beat-for", "3", "hang"),
         "heartbeat_timeout",
         75,
-        (*hb(), "--max-runtime", "1h"),
+        (*hb(), "--max-runtime", "1h", *SLOW_START),
         launcher="clock+86400",
         check=clock_jumped_and(beat_for_3s),
     ),
@@ -811,12 +872,30 @@ SCENARIOS: tuple[Scenario, ...] = (
         check=told_despite_closed_output,
     ),
     Scenario(
-        # The state dir's disk fills up with the attempt log, heartbeats included.
+        # `skyguard run ... >&-`: sys.stdout was None and the copy crashed the runner.
+        "runner-started-with-stdout-closed",
+        child("say", SAID_ONCE, "0.2", "3", "3", SAID_ONCE),
+        "job_failed",
+        3,
+        launcher="stdout-closed",
+        check=logged_once_despite_closed_fds,
+    ),
+    Scenario(
+        "runner-started-with-stdin-stdout-stderr-closed",
+        child("say", SAID_ONCE, "0.2", "3", "3", SAID_ONCE),
+        "job_failed",
+        3,
+        launcher="std-fds-closed",
+        endpoint="ok",
+        check=logged_once_despite_closed_fds,
+    ),
+    Scenario(
+        # The state dir's disk fills up with the attempt log; the heartbeats that follow
+        # must still count (the child asks the heartbeat monitor, on a made-up clock).
         "log-disk-full",
-        child("fill-log-disk", "12000", "2"),
+        child("fill-log-disk", "12000", "20"),
         "completed",
         0,
-        hb(),
         state_tmpfs="256k",
         check=log_incomplete_output_complete,
     ),
@@ -832,32 +911,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         check=chatty_job_streamed,
     ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
-    Scenario(
-        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    bad_input(
         "config-grace-nan",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--config", "{tmp}/run.toml"),
+        "[run] grace: not a finite number: nan",
         files=(("run.toml", "[run]\ngrace = nan\n"),),
-        check=stderr_has("[run] grace: not a finite number: nan"),
     ),
-    Scenario(
+    bad_input(
         "config-busbw-inf",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--preflight-min-busbw", "inf"),
-        check=stderr_has("--preflight-min-busbw: not a finite number"),
+        "--preflight-min-busbw: not a finite number",
     ),
-    Scenario(
+    bad_input(
         "heartbeat-file-is-a-directory",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--heartbeat-file", "{tmp}/hbdir"),
+        "hbdir is a directory",
         files=(("hbdir/", ""),),
-        check=stderr_has("hbdir is a directory"),
     ),
     Scenario(
         "heartbeat-writes-fail-leave-no-temp-files",
@@ -942,20 +1012,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=signal_during_startup(signal.SIGTERM),
         check=never_started,
     ),
-    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded, others stop
-    *(
-        Scenario(
-            f"runner-{signum.name.lower()}",
-            child("beat-forever"),
-            "signalled",
-            75,
-            hb("5"),
-            signal="SIGTERM",
-            action=send_to_runner(signum),
-            check=detail_has(f"runner received {signum.name}"),
-        )
-        for signum in (signal.SIGALRM, signal.SIGXCPU, signal.SIGQUIT)
-    ),
+    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded (the other
+    # stop signals are the runner-sig* scenarios above)
     Scenario(
         "runner-sigusr1-forwarded",
         child("checkpoint-on-usr1"),
@@ -965,45 +1023,43 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=send_to_runner(signal.SIGUSR1),
         check=checkpoint_taken,
     ),
-    Scenario(
-        # The kernel kills the command with the runner, the watchdog the rest of the tree.
-        "runner-sigkilled-tree-follows",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=False),
-        check=tree_gone_at_restart("the runner died; stopped"),
-    ),
-    Scenario(
-        "runner-and-watchdog-sigkilled-next-start-stops-tree",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=True),
-        check=tree_gone_at_restart("left running by attempt 2"),
+    *(
+        Scenario(
+            name,
+            child("leave-tree", "{tmp}/tree"),
+            "completed",
+            0,
+            ("--grace", "1"),
+            history=3,
+            launcher="sigkill-restart",
+            action=sigkill_runner(watchdog_too=watchdog_too),
+            check=tree_gone_at_restart(said),
+        )
+        for name, watchdog_too, said in (
+            # The kernel kills the command with the runner, the watchdog the rest of the tree.
+            ("runner-sigkilled-tree-follows", False, "the runner died; stopped"),
+            # Without the watchdog, the next runner stops the tree before it starts.
+            (
+                "runner-and-watchdog-sigkilled-next-start-stops-tree",
+                True,
+                "left running by attempt 2",
+            ),
+        )
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
-    Scenario(
-        "child-pid-hopper",
-        child("pid-hopper", "{tmp}/trail"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
-    ),
-    Scenario(
-        "child-pid-hopper-own-sessions",
-        child("pid-hopper", "{tmp}/trail", "own-session"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
+    *(
+        Scenario(
+            name,
+            child("pid-hopper", "{tmp}/trail", *sessions),
+            "completed",
+            0,
+            ("--grace", "1"),
+            check=hopper_gone,
+        )
+        for name, sessions in (
+            ("child-pid-hopper", ()),
+            ("child-pid-hopper-own-sessions", ("own-session",)),
+        )
     ),
     # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
     Scenario(
@@ -1155,6 +1211,9 @@ def _launch(
     if scenario.launcher == "read-only":
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", READ_ONLY_WRAPPER]
         return [*wrapper, "sh", *skyguard.argv(runner_args)]
+    if scenario.launcher in CLOSED_FDS_WRAPPER:
+        wrapper = ["sh", "-c", CLOSED_FDS_WRAPPER[scenario.launcher]]
+        return [*wrapper, "sh", *skyguard.argv(runner_args)]
     if scenario.launcher == "head-1":
         return ["bash", "-c", HEAD_WRAPPER, "bash", *skyguard.argv(runner_args)]
     if scenario.launcher == "sigkill-restart":
@@ -1304,7 +1363,7 @@ def _run(
         peak_rss,
         time.monotonic() - started,
         endpoint,
-        output_closed=scenario.launcher == "head-1",
+        output_closed=scenario.launcher in ("head-1", "std-fds-closed"),
     )
 
 

@@ -8,6 +8,7 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
   (what a rank waiting for a missing peer looks like);
 * ``syscall``: in C, ``select`` on a pipe nobody writes, called through ctypes;
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
+* ``silent``: never beats at all (and sleeps in ``_run_epoch``);
 * ``beating``: keeps beating forever (the healthy rank of a job);
 * ``work``: beats for 2 s, then exits 0; ``exit``: exits 0 at once.
 
@@ -44,7 +45,7 @@ def blocking_select() -> None:
 
 
 def _run_epoch(mode: str) -> None:
-    if mode == "sleep" or mode == "noterm":
+    if mode in ("sleep", "noterm", "silent"):
         time.sleep(3600)
     elif mode == "collective":
         all_reduce()
@@ -56,7 +57,7 @@ def _run_epoch(mode: str) -> None:
         time.sleep(0.02)
 
 
-def _barrier() -> None:
+def _barrier(beat: bool) -> None:
     directory = os.environ.get("HUNG_BARRIER")
     if not directory:
         return
@@ -66,24 +67,27 @@ def _barrier() -> None:
     while len(os.listdir(directory)) < int(os.environ["WORLD_SIZE"]):
         if time.monotonic() > deadline:
             sys.exit("hung.py: the other ranks never got ready")
-        heartbeat.beat()
+        if beat:
+            heartbeat.beat()
         time.sleep(0.01)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "mode", choices=["sleep", "collective", "syscall", "noterm", "beating", "work", "exit"]
+        "mode",
+        choices=["sleep", "silent", "collective", "syscall", "noterm", "beating", "work", "exit"],
     )
     parser.add_argument("--beats", type=int, default=0)
     args = parser.parse_args()
     if args.mode == "noterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stackdump.register()
-    for _ in range(args.beats):
+    beat = args.mode != "silent"
+    for _ in range(args.beats if beat else 0):
         heartbeat.beat(force=True)
         time.sleep(0.02)
-    _barrier()
+    _barrier(beat)
     print("ready", flush=True)
     _run_epoch(args.mode)
     sys.exit(0)

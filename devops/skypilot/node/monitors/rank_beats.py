@@ -9,6 +9,10 @@ drag them along) is a hang too, and a hang names the rank(s) that stopped first.
 
 A rank whose process is gone (it finished, or crashed and the launcher will say
 so) is not watched any more: only a live process that stopped beating is hung.
+
+A rank that never beats at all has no file to watch: :meth:`RankBeats.silent`
+finds it among the runner's live descendants (a process with ``RANK`` in its
+environment), once the other ranks have been beating for a whole timeout.
 """
 
 from __future__ import annotations
@@ -43,14 +47,25 @@ def _alive(pid: int | None) -> bool:
 class RankBeats:
     """Every ``<heartbeat-file>.rank-N`` of the node, and when each last changed."""
 
-    def __init__(self, heartbeat_file: Path) -> None:
+    def __init__(self, heartbeat_file: Path, root: int | None = None) -> None:
         self.directory = heartbeat_file.parent
         self.prefix = f"{heartbeat_file.name}.rank-"
         self._ranks: dict[int, _Rank] = {}
+        #: Whose descendants are the ranks: the runner itself, which the monitors run in.
+        self.root = os.getpid() if root is None else root
+        #: When this attempt's first rank beat (monotonic); None before.
+        self.first_beat: float | None = None
+        #: Gaps between two beats of one rank seen this attempt, and the longest.
+        self.gaps = 0
+        self.longest_gap = 0.0
+        #: ``RANK`` of each descendant seen, by (pid, create time): environments do not change.
+        self._rank_env: dict[tuple[int, float], int | None] = {}
 
     def start(self) -> None:
         """Files left from an earlier attempt are not beats of this one."""
         self._ranks = {rank: _Rank(signature) for rank, signature in self._files().items()}
+        self.first_beat = None
+        self.gaps, self.longest_gap = 0, 0.0
 
     def _files(self) -> dict[int, _Signature]:
         found: dict[int, _Signature] = {}
@@ -73,9 +88,49 @@ class RankBeats:
             known = self._ranks.get(rank)
             if known is not None and known.signature == signature:
                 continue
+            if known is not None and known.last_beat is not None:
+                self.gaps += 1
+                self.longest_gap = max(self.longest_gap, now - known.last_beat)
             self._ranks[rank] = _Rank(signature, now, self._pid(rank))
             beat = True
+        if beat and self.first_beat is None:
+            self.first_beat = now
         return beat
+
+    def silent(self) -> dict[int, int]:
+        """Live rank processes (rank -> pid) below the runner that never beat this attempt.
+
+        Only the outermost process of a rank counts: its data-loader workers
+        inherit its ``RANK``. Reading an environment costs a ``/proc`` read, so
+        each process's is read once.
+        """
+        beaten = {rank for rank, state in self._ranks.items() if state.last_beat is not None}
+        try:
+            tree = psutil.Process(self.root).children(recursive=True)
+        except psutil.Error:
+            return {}
+        found: dict[int, int] = {}
+        for process in tree:
+            rank = self._rank_of(process)
+            if rank is None or rank in beaten or rank in found:
+                continue
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found[rank] = process.pid
+        return found
+
+    def _rank_of(self, process: psutil.Process) -> int | None:
+        try:
+            key = (process.pid, process.create_time())
+        except psutil.Error:
+            return None
+        if key not in self._rank_env:
+            try:
+                raw = process.environ().get("RANK", "")
+            except psutil.Error:
+                raw = ""
+            self._rank_env[key] = int(raw) if raw.isdigit() else None
+        return self._rank_env[key]
 
     def _pid(self, rank: int) -> int | None:
         """The beating process, from the file's ``<time> <pid> <count>`` line."""
@@ -84,6 +139,9 @@ class RankBeats:
             return int(fields[1])
         except (OSError, IndexError, ValueError):
             return None
+
+    def beaten(self) -> list[int]:
+        return sorted(rank for rank, state in self._ranks.items() if state.last_beat is not None)
 
     def _watched(self) -> dict[int, float]:
         return {
@@ -127,6 +185,16 @@ class RankBeats:
         if beating:
             return tuple(stopped), f"{detail}; {_ranks(beating)} still beating"
         return (), detail
+
+
+def never_beat(silent: dict[int, int], waited: float, beating: list[int], timeout: float) -> str:
+    """The detail for ranks that never beat, ``waited`` s after ``beating`` began."""
+    named = ", ".join(f"{rank} (pid {pid})" for rank, pid in sorted(silent.items()))
+    word = "ranks" if len(silent) > 1 else "rank"
+    return (
+        f"no first heartbeat from {word} {named} {waited:.1f}s after "
+        f"{_ranks(beating)} began beating (timeout {timeout:g}s)"
+    )
 
 
 def _ranks(ranks: list[int]) -> str:
