@@ -31,9 +31,9 @@ _DRAIN_TIMEOUT = 2.0
 RESERVE_FILE = ".record-reserve"
 RESERVE_BYTES = 65536
 
-#: Takes whole lines of output joined by newlines (no trailing newline): every line
-#: completed by one read, or one piece of a line cut at ``_MAX_LINE``.
-LineSink = Callable[[str], None]
+#: Takes whole lines of output joined by newlines (no trailing newline), as the command
+#: wrote them: every line completed by one read, or one piece of a line cut at ``_MAX_LINE``.
+LineSink = Callable[[bytes], None]
 
 
 class _Tee(threading.Thread):
@@ -63,20 +63,26 @@ class _Tee(threading.Thread):
 
     def run(self) -> None:
         _grow_pipe(self._source_fd)
+        # One buffer for every read: a fresh MiB per read (os.read) and per slice of it
+        # churns the allocator (mmap-sized blocks, page faults) and cost more CPU than
+        # the copy itself once the monitors read the output.
+        buffer = bytearray(_READ_SIZE)
+        view = memoryview(buffer)
         try:
-            while chunk := os.read(self._source_fd, _READ_SIZE):
-                self._forward(chunk)
-                self._log.write(chunk)
+            while size := os.readv(self._source_fd, [buffer]):
+                self._forward(view[:size])
+                self._log.write(view[:size])
                 if self._sink is not None:
-                    self._lines(chunk)
+                    self._lines(buffer, size)
             if self._pending and self._sink is not None:
-                self._sink(_text(self._pending))
+                self._sink(self._pending)
         except OSError as error:
             logger.warning("skyguard: output reader stopped: %s", error)
         finally:
+            view.release()
             self._source.close()
 
-    def _forward(self, chunk: bytes) -> None:
+    def _forward(self, chunk: memoryview) -> None:
         if not self._target_open:
             return
         try:
@@ -87,24 +93,35 @@ class _Tee(threading.Thread):
             # Our own stdout went away; keep draining the command so it never blocks.
             self._target_open = False
 
-    def _lines(self, chunk: bytes) -> None:
-        """Hand the monitors every line this chunk completes, as one block."""
-        assert self._sink is not None
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            rest = self._pending + chunk
-        else:
-            whole = memoryview(chunk)[:end]
-            self._sink(_text(self._pending + whole if self._pending else whole))
-            rest = chunk[end + 1 :]
-        while len(rest) > _MAX_LINE:
-            self._sink(_text(rest[:_MAX_LINE]))
-            rest = rest[_MAX_LINE:]
-        self._pending = rest
+    def _lines(self, buffer: bytearray, size: int) -> None:
+        """Hand the monitors every line the read of ``size`` bytes into ``buffer``
+        completes, as blocks of whole lines (bytes copies: the buffer is read into again).
 
-
-def _text(data: bytes | memoryview) -> str:
-    return str(data, "utf-8", "replace")
+        The unfinished line is joined to the read's first line only, or to the rest of
+        a piece of ``_MAX_LINE``, never to the whole read (a MiB copied twice)."""
+        sink, pending = self._sink, self._pending
+        assert sink is not None
+        position = 0
+        end = buffer.rfind(b"\n", 0, size)
+        if end >= 0:
+            if pending:
+                first = buffer.find(b"\n", 0, size)
+                sink(pending + buffer[:first])
+                position = first + 1
+            if position <= end:
+                sink(bytes(memoryview(buffer)[position:end]))
+            position = end + 1
+        elif pending:
+            room = _MAX_LINE - len(pending)
+            if size <= room:
+                self._pending = pending + buffer[:size]
+                return
+            sink(pending + buffer[:room])
+            position = room
+        while size - position > _MAX_LINE:
+            sink(bytes(buffer[position : position + _MAX_LINE]))
+            position += _MAX_LINE
+        self._pending = bytes(buffer[position:size])
 
 
 def _grow_pipe(fd: int) -> None:
@@ -139,7 +156,7 @@ class AttemptLog:
             with contextlib.suppress(OSError):
                 self._reserve.unlink()
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         """Append ``chunk``; never raises."""
         with self._lock:
             if self._fd is None or self.problem is not None:
