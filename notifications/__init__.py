@@ -5,6 +5,12 @@ The runner sees this package only through :class:`NotificationObserver`, which
 the CLI builds with :meth:`NotificationObserver.from_sources`.
 """
 
+from pkgutil import extend_path
+
+# `notifications` is a name a training repo may use too: any other `notifications`
+# folder on sys.path joins this package, so the repo's own modules stay importable.
+__path__ = extend_path(__path__, __name__)
+
 from notifications.config import ConfigError, NotificationConfig
 from notifications.notifier import Delivery, DeliveryStatus, Event, Level, Links, Notifier
 from notifications.observer import NotificationObserver

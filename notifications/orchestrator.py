@@ -57,6 +57,11 @@ ROUTES: Mapping[tuple[Phase, R | None], Level] = {
     (Phase.FAILED, R.MAX_RUNTIME_REACHED): Level.ERROR,
     (Phase.FAILED, R.CRASH_LOOP): Level.ERROR,
     (Phase.FAILED, R.CONFIG_ERROR): Level.ERROR,
+    # Ends only the jobs controller sees (``skyguard notify-event``).
+    (Phase.RETRYING, R.NODE_LOST): Level.WARNING,
+    (Phase.FAILED, R.SETUP_FAILED): Level.ERROR,
+    (Phase.FAILED, R.LAUNCH_FAILED): Level.ERROR,
+    (Phase.FAILED, R.CONTROLLER_FAILED): Level.ERROR,
 }
 
 #: For pairs ``phase_for`` never makes (a hand-built record): loud rather than silent.
@@ -183,8 +188,23 @@ class Orchestrator:
             return [
                 Delivery.skipped(n.name, f"node rank {node_rank}: rank 0 sends") for n in targets
             ]
+        deadline = time.monotonic() + self.deadline if deadline_at is None else deadline_at
+        if state_dir is None:
+            return self._notify(event, level, targets, None, deadline)
+        log = SentLog(state_dir)
+        # Another sender (the jobs controller, see sentlog) may be announcing the same end.
+        with log.claim(deadline):
+            return self._notify(event, level, targets, log, deadline)
+
+    def _notify(
+        self,
+        event: Event,
+        level: Level,
+        targets: Sequence[Notifier],
+        log: SentLog | None,
+        deadline_at: float,
+    ) -> list[Delivery]:
         key = DedupKey(event.task_id, event.phase, event.reason)
-        log = SentLog(state_dir) if state_dir is not None else None
         already = log.sent(key) if log is not None else frozenset()
         gone = {**(log.gone(event.task_id) if log is not None else {})}
         gone.update(self._gone.get(event.task_id, {}))

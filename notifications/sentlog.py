@@ -2,16 +2,22 @@
 
 The state dir lives on storage that survives a managed-job recovery, so a restarted
 runner (same task id) neither announces the same thing twice nor posts again to a
-webhook that was deleted earlier in the task.
+webhook that was deleted earlier in the task. Two senders may share it: the head
+node's runner and ``skyguard notify-event`` on SkyPilot's jobs controller (where it
+can see the state dir) both announce a cancel; :meth:`SentLog.claim` makes the
+second one wait for the first and then find the message already sent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,9 @@ from devops.skypilot.common.termination import TerminationReason
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "notifications.json"
+LOCK_FILE = ".notifications.lock"
+#: How often a sender waiting for another one's claim tries again.
+_CLAIM_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,35 @@ class SentLog:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / STATE_FILE
+
+    @contextlib.contextmanager
+    def claim(self, deadline_at: float) -> Iterator[bool]:
+        """Hold the task's send lock from the dedup check to the record, waiting for
+        another sender at most until ``deadline_at`` (monotonic). Yields whether the
+        lock is held: on a filesystem without locks, or past the deadline, the send
+        goes ahead unlocked (a rare second message beats a lost one)."""
+        handle = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = (self.path.parent / LOCK_FILE).open("a")
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() + _CLAIM_POLL >= deadline_at:
+                        raise
+                    time.sleep(_CLAIM_POLL)
+        except OSError as exc:
+            logger.warning("sending without the lock on %s: %s", self.path.parent, exc)
+            if handle is not None:
+                handle.close()
+            handle = None
+        try:
+            yield handle is not None
+        finally:
+            if handle is not None:
+                handle.close()  # closing the file releases the lock
 
     def _load(self) -> dict[str, list[dict[str, Any]]]:
         try:

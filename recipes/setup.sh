@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install skyguard on a node from the workdir SkyPilot synced (recipes/job.yaml
-# and recipes/sandbox.yaml both call it as their `setup:`).
+# Install skyguard on a node (recipes/job.yaml and recipes/sandbox.yaml call it in
+# their `setup:`). What it installs:
+#   - SKYGUARD_WHEEL set (skyguard launch): that wheel, the client's own skyguard, which
+#     launch ships by file_mounts into the directory of this script;
+#   - otherwise the workdir SkyPilot synced, which must be a clone of skyguard
+#     (`sky launch recipes/job.yaml` from a clone).
 #
 # Target: the active Python environment (SkyPilot activates its user venv for
 # setup and run, so `python train.py` can import skyguard's heartbeat API), or
@@ -36,8 +40,17 @@ fail() {
 }
 say() { echo "skyguard setup: $*"; }
 
-src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[ -f "$src/pyproject.toml" ] || fail "no pyproject.toml in $src: is the workdir synced?"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+wheel=""
+if [ -n "${SKYGUARD_WHEEL:-}" ]; then
+  [[ $SKYGUARD_WHEEL =~ ^skyguard-[A-Za-z0-9_.+]+-py3-none-any\.whl$ ]] \
+    || fail "SKYGUARD_WHEEL='$SKYGUARD_WHEEL': expected a skyguard wheel's file name"
+  wheel=$here/$SKYGUARD_WHEEL
+  [ -f "$wheel" ] || fail "no $wheel: skyguard launch ships it by file_mounts (was it changed?)"
+else
+  src=$(cd "$here/.." && pwd)
+  [ -f "$src/pyproject.toml" ] || fail "no pyproject.toml in $src: no skyguard to install (launch with 'skyguard launch', which ships its own, or from a clone of skyguard)"
+fi
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   env_dir=$VIRTUAL_ENV
@@ -52,22 +65,28 @@ extras=${SKYGUARD_EXTRAS:-}
 if [ -n "$extras" ] && ! [[ $extras =~ ^[a-z0-9_-]+(,[a-z0-9_-]+)*$ ]]; then
   fail "SKYGUARD_EXTRAS='$extras': use comma-separated extra names, e.g. wandb,gpu"
 fi
-target=$src
-[ -n "$extras" ] && target="$src[$extras]"
+target=${wheel:-$src}
+[ -n "$extras" ] && target="$target[$extras]"
 
-# What is installed is identified by the source it came from, plus the extras.
-packages=()
-for path in devops notifications; do
-  [ -d "$src/$path" ] && packages+=("$path")
-done
-digest=$(
-  cd "$src"
-  {
-    echo "extras=$extras"
-    find pyproject.toml "${packages[@]}" -type f \( -name '*.py' -o -name pyproject.toml \) \
-      | LC_ALL=C sort | xargs sha256sum
-  } | sha256sum | cut -d' ' -f1
-) || fail "cannot hash the source in $src"
+# What is installed is identified by what it came from (the wheel's bytes, or the
+# source files), plus the extras.
+if [ -n "$wheel" ]; then
+  digest=$({ echo "extras=$extras"; sha256sum <"$wheel"; } | sha256sum | cut -d' ' -f1) \
+    || fail "cannot hash $wheel"
+else
+  packages=()
+  for path in devops notifications; do
+    [ -d "$src/$path" ] && packages+=("$path")
+  done
+  digest=$(
+    cd "$src"
+    {
+      echo "extras=$extras"
+      find pyproject.toml "${packages[@]}" -type f \( -name '*.py' -o -name pyproject.toml \) \
+        | LC_ALL=C sort | xargs sha256sum
+    } | sha256sum | cut -d' ' -f1
+  ) || fail "cannot hash the source in $src"
+fi
 stamp=$env_dir/.skyguard-installed
 
 # Checked from / so the workdir's own devops/ does not shadow the installed one.
@@ -94,6 +113,16 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 say "installing $target into $env_dir${uv:+ (uv)}"
+# A different build of the same version counts as installed for pip and uv: remove
+# the old one first (local, no index), so what is installed is exactly the target.
+if (cd / && "$python" -c 'import importlib.metadata as m; m.version("skyguard")') >/dev/null 2>&1; then
+  if [ -n "$uv" ]; then
+    "$uv" pip uninstall --python "$python" --quiet skyguard >"$log" 2>&1 || status=$?
+  else
+    "$python" -m pip uninstall --yes --quiet skyguard >"$log" 2>&1 || status=$?
+  fi
+  [ "${status:-0}" = 0 ] || { tail -n 5 "$log" >&2; fail "removing the installed skyguard from $env_dir failed"; }
+fi
 if [ -n "$uv" ]; then
   "$uv" pip install --python "$python" --quiet "$target" >"$log" 2>&1 || status=$?
 else

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from devops.skypilot.common.console import fill_closed_standard_fds, release_closed_streams
+from devops.skypilot.common.packages import shadowing
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 
@@ -31,7 +32,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "submit a supervised job to SkyPilot (client side)",
     ),
     "status": ("devops.skypilot.client.status", "a job's state and its attempt history"),
+    "init": (
+        "devops.skypilot.client.launch.recipes",
+        "write .skyguard/job.yaml into this repository, to customise what launch submits",
+    ),
     "notify": ("notifications.cli", "send a test notification on each configured channel"),
+    "notify-event": (
+        "devops.skypilot.controller.event",
+        "SkyPilot's event_callback on the jobs controller: announce a managed-job status",
+    ),
     "nccl-check": (
         "devops.skypilot.node.nccl.preflight",
         "NCCL/gloo preflight: collectives and bus bandwidth",
@@ -65,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         status: int = importlib.import_module(args._module).main(args)
+    except ImportError as error:
+        # A training repo's own `devops`/`notifications` found before skyguard's.
+        problem = shadowing(error)
+        if problem is None:
+            raise
+        print(f"skyguard: error: {problem}", file=sys.stderr)
+        status = EXIT_CONFIG_ERROR
     finally:
         release_closed_streams()
     return status

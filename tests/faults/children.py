@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from devops.skypilot.heartbeat import Heartbeat
+from devops.skypilot.node.monitors.heartbeat import HeartbeatMonitor
 
 
 def ready() -> None:
@@ -42,6 +43,16 @@ def beats(count: int = 3) -> Heartbeat:
     for _ in range(count):
         beat.beat()
         time.sleep(0.05)
+    return beat
+
+
+def beats_until_go() -> Heartbeat:
+    """Beat until the test says the runner has counted one (``$FAULT_GO``)."""
+    beat = Heartbeat(min_interval=0)
+    go = os.environ["FAULT_GO"]
+    while not os.path.exists(go):
+        beat.beat()
+        time.sleep(0.02)
     return beat
 
 
@@ -156,7 +167,7 @@ def remove_state_dir(code: str) -> int:
 
 def remove_state_dir_while_beating() -> int:
     """The heartbeat file's directory vanishes (a bucket unmounted) while the loop goes on."""
-    beat = beats()
+    beat = beats_until_go()
     shutil.rmtree(os.environ["SKYGUARD_STATE_DIR"])
     while True:
         beat.beat()
@@ -178,7 +189,7 @@ def wait_then_exit(code: str) -> int:
 
 
 def delete_heartbeat() -> int:
-    beat = beats()
+    beat = beats_until_go()
     assert beat.path is not None
     beat.path.unlink()
     ready()
@@ -222,15 +233,33 @@ def numbered_lines(count: int) -> bytes:
     return b"".join(b"line %06d %s\n" % (index, b"." * 87) for index in range(count))
 
 
-def fill_log_disk(lines: str, beat_seconds: str) -> int:
-    """Print more than the state dir's disk holds, then keep beating into it."""
+def fill_log_disk(lines: str, count: str) -> int:
+    """Print more than the state dir's disk holds, then beat ``count`` times into the
+    full disk. The runner's heartbeat monitor must count every beat; it is asked here,
+    on a made-up clock 1.5 timeouts apart, so a slow machine cannot fail the scenario
+    and a missed beat always does."""
     sys.stdout.buffer.write(numbered_lines(int(lines)))
     sys.stdout.buffer.flush()
+    state = os.environ["SKYGUARD_STATE_DIR"]
+    bound = time.monotonic() + 60  # a guard against a log that never fills the disk
+    while os.statvfs(state).f_bavail:
+        if time.monotonic() > bound:
+            print("fill-log-disk: the attempt log never filled the disk", file=sys.stderr)
+            return 3
+        time.sleep(0.01)
     beat = Heartbeat(min_interval=0)
-    end = time.monotonic() + float(beat_seconds)
-    while time.monotonic() < end:
-        beat.beat()
-        time.sleep(0.05)
+    assert beat.path is not None
+    monitor = HeartbeatMonitor(beat.path, timeout=1.0)
+    monitor.start(0.0)
+    for step in range(1, int(count) + 1):
+        time.sleep(0.02)  # the file system's clock moves on, so each touch is a new mtime
+        if not beat.beat() or beat.path.stat().st_size:  # a touch: the write found no space
+            print(f"fill-log-disk: beat {step} was no touch of an empty file", file=sys.stderr)
+            return 3
+        verdict = monitor.check(1.5 * step)
+        if verdict is not None:
+            print(f"fill-log-disk: beat {step} not seen: {verdict.detail}", file=sys.stderr)
+            return 3
     print("fill-log-disk: done", flush=True)
     return 0
 

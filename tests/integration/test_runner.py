@@ -6,7 +6,9 @@ broken runner from hanging the suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -126,16 +128,19 @@ def test_runner_signal_stops_the_tree(
 def test_max_runtime_is_summed_across_attempts(skyguard: SkyguardRunner, tmp_path: Path) -> None:
     env = {"SKYPILOT_TASK_ID": "sky-managed-test_budget_1-0"}
     state = tmp_path / "state"
-    options = ("--max-runtime", "3", "--heartbeat-timeout", "1")
-    first = skyguard.run(train("--hang-after", "5"), *options, state_dir=state, env=env)
+    budget = ("--max-runtime", "3")
+    hang = ("--heartbeat-timeout", "1")
+    first = skyguard.run(train("--hang-after", "5"), *budget, *hang, state_dir=state, env=env)
     assert first.returncode == 75
     used = first.record["duration"]
-    second = skyguard.run(train("--steps", "100000"), *options, state_dir=state, env=env)
+    # No heartbeat deadline from here on: only the budget may end these attempts, however
+    # slowly a loaded machine starts the command.
+    second = skyguard.run(train("--steps", "100000"), *budget, state_dir=state, env=env)
     assert second.returncode == 124, second.stderr
     record = second.record
     assert record["reason"] == "max_runtime_reached" and record["attempt"] == 2
     assert record["duration"] < 3 and used + record["duration"] >= 3
-    third = skyguard.run(train("--steps", "1"), *options, state_dir=state, env=env)
+    third = skyguard.run(train("--steps", "1"), *budget, state_dir=state, env=env)
     assert third.returncode == 124 and "not starting" in third.record["detail"]
     assert "train:" not in third.stdout
     assert [item["attempt"] for item in third.record["history"]] == [1, 2, 3]
@@ -163,6 +168,33 @@ def test_short_failures_in_a_row_are_a_crash_loop(skyguard: SkyguardRunner, tmp_
     second = skyguard.run(train("--oom-after", "1"), *options, state_dir=state)
     assert second.returncode == 125
     assert second.record["reason"] == "crash_loop" and "crash loop" in second.record["detail"]
+
+
+def test_a_stalled_attempt_log_hides_no_fatal_line(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    """A log write that never returns (a hung bucket mount) holds up neither the copy
+    nor the monitors: the OOM line still explains the end, which is retried, and the
+    log is given up as incomplete. The log is a full FIFO nobody reads, so every write
+    to it blocks, on any machine, however loaded."""
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)
+    log = state / "logs" / "attempt-1.log"
+    os.mkfifo(log)
+    stalled = os.open(log, os.O_RDWR | os.O_NONBLOCK)  # the reader that never reads
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(stalled, b"x" * 65536)
+        result = skyguard.run(train("--oom-after", "1"), state_dir=state)
+    finally:
+        os.close(stalled)
+    assert result.returncode == 75, result.stderr
+    assert result.record["reason"] == "cuda_error"
+    assert "CUDA out of memory" in result.record["detail"]
+    assert "train: step 1" in result.stdout
+    assert "attempt log incomplete: attempt-1.log" in result.record["detail"]
+    assert "(its storage stalled)" in result.record["detail"]
 
 
 def test_fatal_line_stops_a_running_job(skyguard: SkyguardRunner) -> None:

@@ -134,7 +134,11 @@ def test_state_defaults_to_the_bucket_mount_and_state_root_replaces_it() -> None
     assert task.storage_mounts[bucket["envs"]["SKYGUARD_STATE_ROOT"]].name == "team-skyguard"
 
     (shared,) = dry_run("--skip-git-check", *STATE, "--", "true")
-    assert "file_mounts" not in shared
+    # Only the state bucket's mount goes; the skyguard the nodes install stays.
+    assert set(shared["file_mounts"]) == {
+        f"~/.skyguard/dist/{shared['envs']['SKYGUARD_WHEEL']}",
+        "~/.skyguard/dist/setup.sh",
+    }
     assert "SKYGUARD_STATE_BUCKET" not in shared["envs"]
     assert shared["envs"]["SKYGUARD_STATE_ROOT"] == "/shared/skyguard"
     assert_valid_skypilot_task(shared)

@@ -39,7 +39,9 @@ def test_recipe_is_a_valid_skypilot_task(name: str) -> None:
 
     task = sky.Task.from_yaml_config(load(name), env_overrides=BUCKET)
     task.validate_name()
-    assert task.setup is not None and task.setup.strip() == "bash recipes/setup.sh"
+    assert task.setup is not None
+    # The clone's own source when no wheel is shipped (`sky launch` from a clone).
+    assert "bash recipes/setup.sh" in task.setup
 
 
 def test_recover_on_exit_codes_is_exactly_the_runners_retry_code() -> None:
@@ -336,3 +338,70 @@ def test_setup_exits_75_when_the_package_index_is_unreachable(tmp_path: Path) ->
 def test_setup_retry_code_is_the_recipe_retry_code() -> None:
     script = (RECIPES / "setup.sh").read_text()
     assert f"\nEXIT_RETRY={EXIT_RETRY}\n" in script
+
+
+def test_setup_installs_exactly_the_shipped_wheel(
+    tmp_path: Path, installed: tuple[Path, Path]
+) -> None:
+    """What a node of `skyguard launch` from a user's repo does: setup.sh and the client's
+    wheel in ~/.skyguard/dist (file_mounts), the workdir a repo with no skyguard in it.
+    (Last in this module: it replaces the source install the tests above share.)"""
+    from devops.skypilot.client.launch.wheel import build_wheel
+
+    _, venv = installed
+    dist = tmp_path / "home" / ".skyguard" / "dist"
+    dist.mkdir(parents=True)
+    wheel = Path(shutil.copy(build_wheel(tmp_path / "cache"), dist))
+    shutil.copy(RECIPES / "setup.sh", dist)
+    workdir = tmp_path / "sky_workdir"
+    workdir.mkdir()
+    (workdir / "train.py").write_text("print('training')\n")
+
+    def node_setup(name: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+        env.update(VIRTUAL_ENV=str(venv), HOME=str(tmp_path / "home"), SKYGUARD_WHEEL=name)
+        return subprocess.run(
+            ["bash", "-c", load("job.yaml")["setup"]],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    first = node_setup(wheel.name)
+    assert first.returncode == 0, first.stderr
+    assert f"installing {wheel}" in first.stdout
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import devops.skypilot.heartbeat as h, importlib.metadata as m;"
+            "print(h.__file__); print(m.distribution('skyguard').read_text('INSTALLER'))",
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    installed_file = Path(probe.stdout.splitlines()[0])
+    assert installed_file.is_relative_to(venv)
+    assert installed_file.read_bytes() == (REPO / "devops/skypilot/heartbeat.py").read_bytes()
+    assert (installed_file.parent / "recipes" / "job.yaml").read_bytes() == (
+        RECIPES / "job.yaml"
+    ).read_bytes()
+    again = node_setup(wheel.name)
+    assert again.returncode == 0 and "already installed" in again.stdout, again.stderr
+    missing = node_setup("skyguard-9.9-py3-none-any.whl")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        f"skyguard setup: ERROR: no {dist}/skyguard-9.9-py3-none-any.whl: skyguard launch "
+        "ships it by file_mounts (was it changed?)"
+    ]
+    # Without a wheel, in a repo that is not a clone of skyguard: nothing to install.
+    (workdir / "recipes").mkdir()
+    shutil.copy(RECIPES / "setup.sh", workdir / "recipes")
+    nothing = node_setup("")
+    assert nothing.returncode == 1
+    assert "no skyguard to install" in nothing.stderr

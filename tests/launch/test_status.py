@@ -44,7 +44,8 @@ def two_attempts(skyguard, root: Path) -> tuple[Path, list[str]]:
         train, "--heartbeat-timeout", "1", "--grace", "1", state_dir=state_dir, env=env
     )
     assert first.returncode == EXIT_RETRY, first.stderr
-    second = skyguard.run(train, "--heartbeat-timeout", "5", state_dir=state_dir, env=env)
+    # No heartbeat deadline: the second attempt must complete however slowly it starts.
+    second = skyguard.run(train, state_dir=state_dir, env=env)
     assert second.returncode == 0, second.stderr
     return state_dir, (first.stderr + second.stderr).splitlines()
 

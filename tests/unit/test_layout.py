@@ -47,8 +47,13 @@ GRAPH = {name: _imports(path) for name, path in MODULES.items()}
 #: part -> the parts of skyguard it must never import.
 FORBIDDEN = {
     "devops.skypilot.common": ("devops.skypilot.client", "devops.skypilot.node", "notifications"),
-    "devops.skypilot.client": ("devops.skypilot.node", "notifications"),
-    "devops.skypilot.node": ("devops.skypilot.client",),
+    "devops.skypilot.client": (
+        "devops.skypilot.node",
+        "devops.skypilot.controller",
+        "notifications",
+    ),
+    "devops.skypilot.node": ("devops.skypilot.client", "devops.skypilot.controller"),
+    "devops.skypilot.controller": ("devops.skypilot.client", "devops.skypilot.node"),
     "devops.skypilot.heartbeat": ("devops.skypilot.client", "devops.skypilot.node"),
     "notifications": ("devops.skypilot.client", "devops.skypilot.node"),
 }

@@ -109,7 +109,7 @@ def records_from_log(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 def _task_dirs(root: Path, run: str, job_id: int | None) -> list[Path]:
     """Run state dirs under a state root that belong to ``run``."""
-    # Named by the run key (devops/skypilot/node/identity.py): <run>-<8 hex> from
+    # Named by the run key (devops/skypilot/common/identity.py): <run>-<8 hex> from
     # `skyguard launch`, <run>_<job id>-<task> for a plain managed job, and the whole
     # SKYPILOT_TASK_ID (sky-[managed-]<ts>_<run>_<job id>...) for a cluster job.
     number = str(job_id) if job_id is not None else r"\d+"

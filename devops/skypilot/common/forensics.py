@@ -31,16 +31,22 @@ class Forensics:
     elapsed_ms: float
     #: Capture tools that gave at least one stack (``py-spy``, ``faulthandler``).
     sources: tuple[str, ...] = ()
+    #: PyTorch's flight-recorder analysis of this attempt's dumps, in one line, if any.
+    flight_recorder: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["sources"] = list(self.sources)
+        if self.flight_recorder is None:
+            del data["flight_recorder"]
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> Forensics:
         """Build the entry from JSON, every field checked; ValueError names a bad one."""
-        values = fields.checked(data, FORENSICS_FIELDS, {"sources": SOURCES})
+        values = fields.checked(
+            data, FORENSICS_FIELDS, {"sources": SOURCES, "flight_recorder": fields.TEXT}
+        )
         values["elapsed_ms"] = float(values["elapsed_ms"])
         values["sources"] = tuple(values.get("sources", ()))
         return cls(**values)

@@ -70,6 +70,17 @@ class TerminationReason(str, Enum):
     """Only in the history: an earlier attempt whose record was unreadable and set
     aside. It counts as a retryable end that spent the budget, so a state dir that
     keeps getting corrupted cannot reset the count and retry forever."""
+    # The ends below are never decided by the runner: only SkyPilot's jobs controller
+    # sees them, and reports them through ``skyguard notify-event`` (devops/skypilot/controller).
+    NODE_LOST = "node_lost"
+    """The node went away before its runner could record an end (a preemption without
+    grace, a hardware failure); SkyPilot is recovering the job."""
+    SETUP_FAILED = "setup_failed"
+    """The task's ``setup`` failed: the runner never started."""
+    LAUNCH_FAILED = "launch_failed"
+    """The cluster never came up: no resources anywhere, or SkyPilot's prechecks failed."""
+    CONTROLLER_FAILED = "controller_failed"
+    """SkyPilot's jobs controller itself failed while managing the job."""
 
     @property
     def retryable(self) -> bool:
@@ -108,6 +119,13 @@ REASON_POLICY: Mapping[TerminationReason, ReasonPolicy] = {
     TerminationReason.PEER_FAILED: ReasonPolicy(retryable=True, exit_code=None),
     TerminationReason.CONFIG_ERROR: ReasonPolicy(retryable=False, exit_code=EXIT_CONFIG_ERROR),
     TerminationReason.RECORD_LOST: ReasonPolicy(retryable=True, exit_code=None),
+    # Not the job's fault, and no runner was there to count it.
+    TerminationReason.NODE_LOST: ReasonPolicy(
+        retryable=True, exit_code=None, counts_against_budget=False
+    ),
+    TerminationReason.SETUP_FAILED: ReasonPolicy(retryable=False, exit_code=None),
+    TerminationReason.LAUNCH_FAILED: ReasonPolicy(retryable=False, exit_code=None),
+    TerminationReason.CONTROLLER_FAILED: ReasonPolicy(retryable=False, exit_code=None),
 }
 
 

@@ -23,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from devops.skypilot.common.identity import run_key
 from devops.skypilot.common.values import (
     ConfigError,
     parse_count,
@@ -31,7 +32,6 @@ from devops.skypilot.common.values import (
     parse_rate,
     parse_switch,
 )
-from devops.skypilot.node.identity import run_key
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class RunConfig:
     crash_loop_count: int
     crash_loop_window: float
     job_name: str
-    #: The run key (:mod:`devops.skypilot.node.identity`): same across recoveries and
+    #: The run key (:mod:`devops.skypilot.common.identity`): same across recoveries and
     #: controller restarts, new for every launch.
     task_id: str
     node_rank: int

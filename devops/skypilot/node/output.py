@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -27,6 +28,9 @@ _READ_SIZE = 1 << 20
 _MAX_LINE = 65536
 #: How long to wait for the output pipes to drain after the tree is gone.
 _DRAIN_TIMEOUT = 2.0
+#: How far the attempt log may fall behind the output before it is given up: a log
+#: on a hung bucket mount costs this much memory at most, never the copy.
+_MAX_BACKLOG = 16 << 20
 #: Kept free beside the attempt log for the termination record (~180 attempts of history).
 RESERVE_FILE = ".record-reserve"
 RESERVE_BYTES = 65536
@@ -70,16 +74,20 @@ class _Tee(threading.Thread):
         view = memoryview(buffer)
         try:
             while size := os.readv(self._source_fd, [buffer]):
-                self._forward(view[:size])
-                self._log.write(view[:size])
+                # The monitors first: a log write stalled on a slow bucket mount (or a
+                # slow reader of our stdout) must not keep a fatal line from them past
+                # the drain, or a retryable end is decided as the command's own failure.
                 if self._sink is not None:
                     self._lines(buffer, size)
+                self._forward(view[:size])
+                # The log thread queues what it is given: a copy, as the buffer is
+                # read into again.
+                self._log.write(bytes(view[:size]))
             if self._pending and self._sink is not None:
                 self._sink(self._pending)
         except OSError as error:
             logger.warning("skyguard: output reader stopped: %s", error)
         finally:
-            view.release()
             self._source.close()
 
     def _forward(self, chunk: memoryview) -> None:
@@ -131,9 +139,11 @@ def _grow_pipe(fd: int) -> None:
 
 
 class AttemptLog:
-    """``logs/attempt-N.log``, written by both readers. A write that fails (a full
-    disk, EIO from a bucket mount) ends the log, never the copy: the command's
-    output still reaches our stdout/stderr, and the log is reported incomplete once.
+    """``logs/attempt-N.log``, fed by both readers and written by a thread of its own.
+    A write that fails (a full disk, EIO from a bucket mount) or stalls (a hung mount)
+    ends the log, never the copy: the readers only queue, so the command's output
+    still reaches our stdout/stderr, and its lines the monitors, and the log is
+    reported incomplete once.
 
     A small reserve file is kept beside the log while it is written and removed
     when it closes, so a log that filled the disk still leaves room for the record.
@@ -142,8 +152,12 @@ class AttemptLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._closing = False
         self._written = 0
         #: Why the log is incomplete; None while it holds every byte.
         self.problem: str | None = None
@@ -155,12 +169,30 @@ class AttemptLog:
             # Already full, or unsupported: the record may then fail to write (and says so).
             with contextlib.suppress(OSError):
                 self._reserve.unlink()
+        self._writer = threading.Thread(target=self._write_out, name="skyguard-log", daemon=True)
+        self._writer.start()
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        """Append ``chunk``; never raises."""
+    def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` for the log; never blocks on the disk, never raises."""
         with self._lock:
-            if self._fd is None or self.problem is not None:
+            if self.problem is not None or self._closing:
                 return
+            if self._backlog_bytes + len(chunk) > _MAX_BACKLOG:
+                self._fail(f"its storage stalled {self._backlog_bytes} bytes behind")
+                return
+            self._backlog.append(chunk)
+            self._backlog_bytes += len(chunk)
+            self._queued.notify()
+
+    def _write_out(self) -> None:
+        while True:
+            with self._lock:
+                while not self._backlog and not self._closing:
+                    self._queued.wait()
+                if not self._backlog:
+                    return
+                chunk = self._backlog.popleft()
+                self._backlog_bytes -= len(chunk)
             view = memoryview(chunk)
             try:
                 while view:
@@ -168,24 +200,36 @@ class AttemptLog:
                     self._written += done
                     view = view[done:]
             except OSError as error:
-                self._fail(error)
+                with self._lock:
+                    self._fail(error.strerror or str(error))
+                return
 
-    def _fail(self, error: OSError) -> None:
+    def _fail(self, why: str) -> None:
+        """Called with the lock held: the log ends here."""
+        if self.problem is not None:
+            return
+        self._backlog.clear()
         self.problem = (
             f"attempt log incomplete: {self.path.name} stops after {self._written} bytes "
-            f"({error.strerror or error}); the command's output went on to stdout/stderr"
+            f"({why}); the command's output went on to stdout/stderr"
         )
         logger.warning("skyguard: %s", self.problem)
 
     def close(self) -> None:
+        """Write out what is queued (bounded: a stalled write is given up), then close."""
         with self._lock:
-            if self._fd is not None:
-                try:
-                    os.close(self._fd)  # NFS and FUSE report a failed flush here
-                except OSError as error:
-                    if self.problem is None:
-                        self._fail(error)
-                self._fd = None
+            self._closing = True
+            self._queued.notify()
+        self._writer.join(_DRAIN_TIMEOUT)
+        if self._writer.is_alive():  # stuck in a write: it keeps the descriptor
+            with self._lock:
+                self._fail("its storage stalled")
+        else:
+            try:
+                os.close(self._fd)  # NFS and FUSE report a failed flush here
+            except OSError as error:
+                with self._lock:
+                    self._fail(error.strerror or str(error))
         with contextlib.suppress(OSError):
             self._reserve.unlink()
 

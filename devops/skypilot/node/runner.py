@@ -36,7 +36,7 @@ from devops.skypilot.common.termination import (
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig
 from devops.skypilot.node.ending import ChildEnd, deciding_signal, tell_hurried
-from devops.skypilot.node.forensics import attempt_dir, before_stop
+from devops.skypilot.node.forensics import after_stop, attempt_dir, before_stop
 from devops.skypilot.node.leftovers import TOKEN_VAR, new_token, stop_abandoned
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.monitors import build_monitors
@@ -131,6 +131,8 @@ class Runner:
         )
         with contextlib.suppress(FileNotFoundError):
             config.heartbeat_file.unlink()
+        # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
+        since = time.time() - 2.0
         watchdog = Watchdog.start(self.token, config.grace)  # before: never our child
         become_subreaper()
         try:
@@ -140,6 +142,13 @@ class Runner:
             watchdog.close()
             raise
         watchdog.release()  # the tree is stopped
+        self.forensics = after_stop(
+            self.forensics,
+            self._base_env(),
+            since,
+            attempt_dir(config.state_dir, ctx.attempt),
+            config.forensics_timeout,
+        )
         decision = decide(
             outcome,
             [item.summary() for item in history],
@@ -346,9 +355,11 @@ def _with_stacks(detail: str, forensics: Forensics | None) -> str:
     """The summary rides in the detail too: every channel and `skyguard status` show
     the detail, each within its own limits. A capture that found no Python stack (a
     shell script) stays in the record only."""
-    if forensics is None or not forensics.captured:
-        return detail
-    return f"{detail}; stacks: {forensics.summary}"
+    if forensics is not None and forensics.captured:
+        detail = f"{detail}; stacks: {forensics.summary}"
+    if forensics is not None and forensics.flight_recorder:
+        detail = f"{detail}; {forensics.flight_recorder}"
+    return detail
 
 
 def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:

@@ -4,7 +4,7 @@
 
 Client side. ``sky`` is imported lazily, inside the functions that talk to
 SkyPilot (:mod:`.task`, :mod:`.submit`), so ``--help`` and every input error
-answer before SkyPilot is even loaded. The task comes from ``recipes/job.yaml``; flags
+answer before SkyPilot is even loaded. The task comes from a recipe (:mod:`.recipes`); flags
 fill in its ``envs``, ``secrets`` and resources. By default the job is a managed
 job (SkyPilot restarts it when the runner exits 75); ``--cluster NAME`` runs it
 with a plain ``sky launch`` instead.
@@ -37,6 +37,7 @@ from devops.skypilot.client.launch.request import (
 )
 from devops.skypilot.client.launch.submit import follow, quiet_libraries, sky_message, submit
 from devops.skypilot.client.launch.task import render, task_configs, validate_with_sky
+from devops.skypilot.common.packages import DOCS, repo_hides_heartbeat
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 # ---------------------------------------------------------------- arguments
@@ -56,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "[default: <user>-<timestamp>]",
     )
     job.add_argument(
-        "--recipe", metavar="YAML", help="task recipe [default: <workdir>/recipes/job.yaml]"
+        "--recipe",
+        metavar="YAML",
+        help="task recipe [default: <workdir>/.skyguard/job.yaml (skyguard init), else the "
+        "recipe that ships with skyguard]",
     )
     job.add_argument(
         "--workdir", metavar="DIR", help="directory synced to the nodes [default: git top level]"
@@ -168,6 +172,15 @@ def _confirm(stream: IO[str]) -> bool:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str], cwd: Path) -> int:
     request = build_request(args, environ, cwd)
+    hiding = (
+        repo_hides_heartbeat(Path(request.workdir)) if isinstance(request.workdir, str) else None
+    )
+    if hiding is not None:
+        print(
+            f"skyguard launch: warning: {hiding} hides skyguard's 'devops' from code run in the "
+            f"workdir (`from devops.skypilot import heartbeat` fails there): see {DOCS}",
+            file=sys.stderr,
+        )
     configs = task_configs(request, load_recipe(request.recipe))
     if args.dry_run or args.dump_config:
         validate_with_sky(configs)

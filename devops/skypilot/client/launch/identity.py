@@ -1,7 +1,7 @@
 """Names ``skyguard launch`` makes up: the run key of each launch and the default state bucket.
 
 The run key (``SKYGUARD_RUN_KEY``) is what the runner keeps its state under on every
-node (``devops/skypilot/node/identity.py`` has the fallbacks for a task launched
+node (``devops/skypilot/common/identity.py`` has the fallbacks for a task launched
 without ``skyguard launch``). It is stamped once per launch and travels in the
 task's envs, so every recovery of the job sees the same key, a restart of the jobs
 controller does not change it, and a second launch with the same ``--name`` gets a

@@ -14,6 +14,8 @@ from typing import Any
 
 from devops.skypilot.client.git_state import GitCheckError, origin_url, workdir_source
 from devops.skypilot.client.launch.identity import BUCKET_NAME, default_state_bucket
+from devops.skypilot.client.launch.recipes import RecipeError, find_recipe
+from devops.skypilot.client.launch.wheel import WHEEL_ENV, WheelError, build_wheel, cache_dir
 from devops.skypilot.common.values import ConfigError, parse_count, parse_duration
 
 #: SkyPilot's own name rules (``sky.skylet.constants.CLUSTER_NAME_VALID_REGEX`` for
@@ -34,6 +36,7 @@ RESERVED_ENVS = (
     "SKYGUARD_RUN_KEY",
     "SKYGUARD_JOB_NAME",
     "SKYGUARD_GIT_COMMIT",
+    WHEEL_ENV,
 )
 #: Recipe envs that are defaults for launch's resource flags (SkyPilot does not
 #: substitute envs into ``resources``, so ``launch`` applies them).
@@ -84,6 +87,8 @@ class LaunchRequest:
     git_commit: str | None
     #: The bucket used when neither a flag, an env nor the recipe names one.
     default_bucket: str = ""
+    #: This installation of skyguard as a wheel, for the nodes (None: ship nothing).
+    wheel: Path | None = None
 
 
 # ---------------------------------------------------------------- validation (no sky)
@@ -285,9 +290,14 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Pat
         )
     except GitCheckError as error:
         raise LaunchError(str(error)) from None
-    recipe = Path(args.recipe).expanduser() if args.recipe else workdir / "recipes" / "job.yaml"
-    if not recipe.is_file():
-        raise LaunchError(f"no recipe at {recipe}: pass --recipe PATH")
+    try:
+        recipe = find_recipe(args.recipe, workdir)
+    except RecipeError as error:
+        raise LaunchError(str(error)) from None
+    try:
+        wheel = build_wheel(cache_dir(environ))
+    except WheelError as error:
+        raise LaunchError(str(error)) from None
     return LaunchRequest(
         command=tuple(command),
         name=name,
@@ -304,6 +314,7 @@ def build_request(args: argparse.Namespace, environ: Mapping[str, str], cwd: Pat
         default_bucket=default_state_bucket(
             getpass.getuser(), workdir.name, origin_url(workdir) or str(workdir)
         ),
+        wheel=wheel,
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from devops.skypilot.client.launch.identity import new_run_key
+from devops.skypilot.client.launch.recipes import SETUP, SHIPPED
 from devops.skypilot.client.launch.request import (
     GPU_SPEC,
     GPUS_ENV,
@@ -21,6 +22,7 @@ from devops.skypilot.client.launch.request import (
     parse_flag_count,
 )
 from devops.skypilot.client.launch.submit import sky_message
+from devops.skypilot.client.launch.wheel import NODE_DIR, WHEEL_ENV
 
 REDACTED = "<redacted>"
 
@@ -55,10 +57,24 @@ def task_configs(request: LaunchRequest, recipe: Mapping[str, Any]) -> list[dict
         # A path every node (and every recovery) shares: no bucket to mount.
         envs[STATE_ROOT_ENV] = request.state_root
         envs.pop(STATE_BUCKET_ENV, None)
-        base.pop("file_mounts", None)
+        mounts = {
+            k: v for k, v in (base.get("file_mounts") or {}).items() if STATE_ROOT_ENV not in k
+        }
+        base["file_mounts"] = mounts
     elif not envs.get(STATE_BUCKET_ENV):
         # Bucket names are global: never a shared default (see identity.py).
         envs[STATE_BUCKET_ENV] = request.default_bucket
+
+    if request.wheel is not None:
+        # The nodes install exactly this skyguard (setup.sh beside it, from the same
+        # installation); real files, not links: rsync would copy a link as a link.
+        mounts = dict(base.get("file_mounts") or {})
+        mounts[f"{NODE_DIR}/{request.wheel.name}"] = str(request.wheel.resolve())
+        mounts[f"{NODE_DIR}/{SETUP}"] = str((SHIPPED / SETUP).resolve())
+        base["file_mounts"] = mounts
+        envs[WHEEL_ENV] = request.wheel.name
+    if not base.get("file_mounts"):
+        base.pop("file_mounts", None)
 
     secrets = {str(k): "" if v is None else str(v) for k, v in (base.get("secrets") or {}).items()}
     secrets.update(request.secrets)

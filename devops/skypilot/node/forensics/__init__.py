@@ -11,11 +11,12 @@ them under ``<state-dir>/forensics/attempt-N/`` and returns the one-line summary
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -23,6 +24,8 @@ import psutil
 from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.forensics.capture import Captured, Target, capture, find_py_spy
+from devops.skypilot.node.forensics.flight import TIMEOUT as FLIGHT_TIMEOUT
+from devops.skypilot.node.forensics.flight import analyse as analyse_flight_recorder
 from devops.skypilot.node.forensics.stacks import format_stack
 from devops.skypilot.node.forensics.summary import summarize
 
@@ -84,6 +87,30 @@ def before_stop(
         elapsed_ms=round(elapsed * 1000, 1),
         sources=tuple(sorted({item.source for item in results if item.source})),
     )
+
+
+def after_stop(
+    forensics: Forensics | None,
+    env: Mapping[str, str],
+    since: float,
+    directory: Path,
+    timeout: float,
+) -> Forensics | None:
+    """Add the analysis of this attempt's flight-recorder dumps, if torch wrote any.
+
+    Whatever the verdict (a collective timeout often ends the job as a crash): the
+    dumps exist only when a collective timed out. ``since`` is the attempt's wall
+    start; ``timeout`` 0 (``--forensics-timeout 0``) turns it off.
+    """
+    if timeout <= 0:
+        return forensics
+    line = analyse_flight_recorder(env, since, directory, max(FLIGHT_TIMEOUT, timeout))
+    if line is None:
+        return forensics
+    logger.warning("skyguard: %s", line)
+    if forensics is None:
+        forensics = Forensics("", str(directory), processes=0, captured=0, elapsed_ms=0.0)
+    return dataclasses.replace(forensics, flight_recorder=line)
 
 
 def _write_stacks(path: Path, summary: str, results: Collection[Captured]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -12,6 +13,8 @@ from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.line_scan import LineScan
 from devops.skypilot.node.monitors.rank_beats import RankBeats, never_beat
 from devops.skypilot.node.monitors.setup import MonitorSetup
+
+logger = logging.getLogger(__name__)
 
 _Signature = tuple[int, int, int]
 
@@ -128,6 +131,7 @@ class HeartbeatMonitor(Monitor):
         return self.ranks.silent()
 
     def check(self, now: float) -> Verdict | None:
+        waiting = self._last_beat is None
         signature = self._stat()
         if signature is not None and signature != self._signature:
             self._last_beat = now
@@ -138,6 +142,9 @@ class HeartbeatMonitor(Monitor):
         line_beat = self._line_beat
         if line_beat is not None and (self._last_beat is None or line_beat > self._last_beat):
             self._last_beat = min(line_beat, now)
+        if waiting and self._last_beat is not None:
+            # How long the start took: what --startup-grace has to cover.
+            logger.info("skyguard: first heartbeat %.1fs after the start", now - self._started)
         # Beats are paced by the client (a tenth of the timeout, at most 1 s) and seen
         # up to one interval late: ranks closer than that stopped together.
         margin = min(1.0, self.timeout / 10) + self.interval

@@ -1,0 +1,249 @@
+"""``skyguard notify-event``, SkyPilot's event_callback: real processes, a loopback Discord.
+
+The controller's record (SkyPilot's jobs database) is stood in for by a
+:class:`ControllerRecord` in-process; the subprocess test runs the real command,
+which reads a real (empty) SkyPilot jobs database in its own home.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devops.skypilot.common.lifecycle import Phase
+from devops.skypilot.common.termination import TerminationReason
+from devops.skypilot.controller import event
+from devops.skypilot.controller.skypilot_record import ControllerRecord
+from notifications.channels.discord import DiscordNotifier, DiscordSettings
+from notifications.http import HttpTimeouts
+from notifications.orchestrator import Orchestrator
+from notifications.secrets import Secret
+from tests.notifications.notify_fakes import LoopbackServer, Reply, Request, discord_ok, webhook_url
+
+Serve = Callable[..., LoopbackServer]
+ROOT = Path(__file__).resolve().parents[2]
+TASK_ID = "sky-managed-2026-01-02-03-04-05-123456_train_7-0"
+#: The run key the runner derives from TASK_ID: the state dir is <root>/<key>/node-0.
+KEY = "train_7-0"
+
+
+def callback_env(state_root: Path, status: str, **more: str) -> dict[str, str]:
+    """What SkyPilot 0.14.1 passes (sky/jobs/utils.py event_callback_func), less secrets."""
+    return {
+        "JOB_STATUS": status,
+        "JOB_ID": "7",
+        "TASK_ID": "0",
+        "SKYPILOT_TASK_ID": TASK_ID,
+        "CLUSTER_NAME": "train-7",
+        "TASK_NAME": "train",
+        "SKYGUARD_STATE_ROOT": str(state_root),
+        **more,
+    }
+
+
+def discord_messages(server: LoopbackServer) -> list[str]:
+    # Titles are escaped for Discord markdown ("train\\-7").
+    return [r.json["embeds"][0]["title"].replace("\\", "") for r in server.requests]
+
+
+def announce(
+    status: str,
+    state_root: Path,
+    record: ControllerRecord | None = None,
+    **env: str,
+) -> int:
+    found = record or ControllerRecord()
+    return event.announce(status, found, callback_env(state_root, status, **env), 7)
+
+
+def test_a_cancel_is_announced_once_by_the_real_command(
+    serve: Serve, webhook_token: str, tmp_path: Path
+) -> None:
+    server = serve([discord_ok])
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(server, webhook_token),
+        **callback_env(tmp_path / "state", "CANCELLED"),
+    }
+    (tmp_path / "state").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "devops.skypilot", "notify-event"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CANCELLED -> cancelled/signalled: discord: sent" in result.stdout
+    assert webhook_token not in result.stdout + result.stderr
+    # SkyPilot may call again for the same end: the second call finds it sent.
+    assert (
+        announce(
+            "CANCELLED",
+            tmp_path / "state",
+            SKYGUARD_DISCORD_WEBHOOK_URL=env["SKYGUARD_DISCORD_WEBHOOK_URL"],
+        )
+        == 0
+    )
+    assert discord_messages(server) == ["train-7: cancelled"]
+    sent = json.loads((tmp_path / "state" / KEY / "node-0" / "notifications.json").read_text())
+    assert [(e["task_id"], e["phase"], e["reason"]) for e in sent["sent"]] == [
+        (KEY, "cancelled", "signalled")
+    ]
+
+
+def test_the_runners_own_message_is_not_repeated(
+    serve: Serve, webhook_token: str, tmp_path: Path
+) -> None:
+    server = serve([discord_ok])
+    url = webhook_url(server, webhook_token)
+    state_dir = tmp_path / KEY / "node-0"
+    state_dir.mkdir(parents=True)
+    # The head node's runner announced the cancel (it got SIGTERM with grace).
+    runner = Orchestrator([DiscordNotifier(DiscordSettings(Secret(url), timeouts=HttpTimeouts()))])
+    told = runner.notify(
+        event_for_runner(Phase.CANCELLED, TerminationReason.SIGNALLED), state_dir=state_dir
+    )
+    assert [d.ok for d in told] == [True]
+    assert announce("CANCELLED", tmp_path, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+    assert len(server.requests) == 1
+
+
+def event_for_runner(phase: Phase, reason: TerminationReason) -> event.Event:
+    return event.Event(job_name="train-7", task_id=KEY, phase=phase, reason=reason)
+
+
+def test_controller_and_runner_at_the_same_moment_send_one_message(
+    serve: Serve, webhook_token: str, tmp_path: Path
+) -> None:
+    """The runner holds the claim while its message is in flight; the controller waits
+    for it and then finds the message sent (without the lock both would post)."""
+    arrived = threading.Event()
+
+    def slow(request: Request) -> Reply:
+        arrived.set()
+        return dataclasses.replace(discord_ok(request), delay=0.5)
+
+    server = serve([slow])
+    url = webhook_url(server, webhook_token)
+    state_dir = tmp_path / KEY / "node-0"
+    state_dir.mkdir(parents=True)
+    runner = Orchestrator([DiscordNotifier(DiscordSettings(Secret(url), timeouts=HttpTimeouts()))])
+    sending = threading.Thread(
+        target=runner.notify,
+        args=(event_for_runner(Phase.CANCELLED, TerminationReason.SIGNALLED),),
+        kwargs={"state_dir": state_dir},
+    )
+    sending.start()
+    try:
+        assert arrived.wait(30)
+        assert announce("CANCELLED", tmp_path, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+    finally:
+        sending.join(30)
+    assert len(server.requests) == 1
+
+
+def test_secrets_come_from_the_controllers_record_and_stay_out_of_every_text(
+    serve: Serve, webhook_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve([discord_ok])
+    url = webhook_url(server, webhook_token)
+    record = ControllerRecord(
+        status="FAILED_SETUP",
+        failure_reason=f"setup exited 1: curl {url} said 500",
+        secrets={"SKYGUARD_DISCORD_WEBHOOK_URL": url},
+    )
+    assert announce("FAILED", tmp_path, record) == 0
+    (request,) = server.requests
+    assert discord_messages(server) == ["train-7: failed"]
+    assert "setup_failed" in json.dumps(request.json)
+    assert webhook_token not in request.body.decode()
+    out = capsys.readouterr()
+    assert "FAILED_SETUP -> failed/setup_failed: discord: sent" in out.out
+    assert webhook_token not in out.out + out.err
+
+
+def test_an_end_the_runner_reports_is_left_to_it_when_its_state_is_hidden(
+    serve: Serve, webhook_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve([discord_ok])
+    url = webhook_url(server, webhook_token)
+    hidden = tmp_path / "bucket-only-the-nodes-mount"
+    home = tmp_path / "home"
+    os.environ["HOME"], old_home = str(home), os.environ.get("HOME", "")
+    try:
+        assert announce("SUCCEEDED", hidden, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+        # A cancel no node may have announced is sent anyway, once, from the
+        # controller's own sent-log.
+        assert announce("CANCELLED", hidden, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+        assert announce("CANCELLED", hidden, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+    finally:
+        os.environ["HOME"] = old_home
+    assert discord_messages(server) == ["train-7: cancelled"]
+    assert "the runner reports this end itself" in capsys.readouterr().out
+    assert (home / ".skyguard" / "controller" / KEY / "notifications.json").is_file()
+
+
+def test_a_node_lost_under_its_runner_is_announced(
+    serve: Serve, webhook_token: str, tmp_path: Path
+) -> None:
+    server = serve([discord_ok])
+    url = webhook_url(server, webhook_token)
+    state_dir = tmp_path / KEY / "node-0"
+    state_dir.mkdir(parents=True)
+    # Attempt 2 is running (its checkpoint is there) when the node is preempted.
+    (state_dir / "attempt.json").write_text(json.dumps({"attempt": 2}))
+    assert announce("RECOVERING", tmp_path, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
+    assert discord_messages(server) == ["train-7: retrying"]
+    assert "node_lost" in server.requests[0].body.decode()
+
+
+@pytest.mark.parametrize("status", ["STARTING", "STARTED", "CANCELLING", "NEW_IN_SKYPILOT_9"])
+def test_statuses_with_no_news_send_nothing(status: str, tmp_path: Path) -> None:
+    env = {"JOB_STATUS": status}
+    result = subprocess.run(
+        [sys.executable, "-m", "devops.skypilot", "notify-event"],
+        cwd=ROOT,
+        env={**env, "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"skyguard notify-event: {status}: ")
+    assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [({}, "JOB_STATUS is not set"), ({"JOB_STATUS": "CANCELLED", "JOB_ID": "x"}, "JOB_ID='x'")],
+)
+def test_called_wrongly_is_one_line_and_exit_2(
+    env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devops.skypilot", "notify-event"],
+        cwd=ROOT,
+        env={**env, "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert says in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
