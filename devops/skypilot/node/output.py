@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,13 @@ _READ_SIZE = 1 << 20
 _MAX_LINE = 65536
 #: How long to wait for the output pipes to drain after the tree is gone.
 _DRAIN_TIMEOUT = 2.0
-#: How far the attempt log may fall behind the output before it is given up: a log
-#: on a hung bucket mount costs this much memory at most, never the copy.
+#: How far the attempt log may fall behind the output: a reader with more queued
+#: waits for the log (back-pressure, as ``| tee`` gives), so a slow disk loses no byte
+#: and memory stays bounded.
 _MAX_BACKLOG = 16 << 20
+#: A log that wrote nothing for this long while the backlog was full (a hung bucket
+#: mount) is given up: the copy goes on without it, never blocked again.
+_STALL = 10.0
 #: Kept free beside the attempt log for the termination record (~180 attempts of history).
 RESERVE_FILE = ".record-reserve"
 RESERVE_BYTES = 65536
@@ -155,6 +160,9 @@ class AttemptLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        #: When the writer last finished a write (monotonic): progress, or a stall.
+        self._progress_at = time.monotonic()
         self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
         self._closing = False
@@ -173,12 +181,19 @@ class AttemptLog:
         self._writer.start()
 
     def write(self, chunk: bytes) -> None:
-        """Queue ``chunk`` for the log; never blocks on the disk, never raises."""
+        """Queue ``chunk`` for the log; never raises. Waits while the backlog is full
+        and the log still makes progress; a log stalled for ``_STALL`` is given up."""
         with self._lock:
+            waiting_since = time.monotonic()
+            while self._backlog and self._backlog_bytes + len(chunk) > _MAX_BACKLOG:
+                if self.problem is not None or self._closing:
+                    break
+                stalled = time.monotonic() - max(self._progress_at, waiting_since)
+                if stalled >= _STALL:
+                    self._fail(f"its storage stalled {self._backlog_bytes} bytes behind")
+                    break
+                self._drained.wait(_STALL - stalled)
             if self.problem is not None or self._closing:
-                return
-            if self._backlog_bytes + len(chunk) > _MAX_BACKLOG:
-                self._fail(f"its storage stalled {self._backlog_bytes} bytes behind")
                 return
             self._backlog.append(chunk)
             self._backlog_bytes += len(chunk)
@@ -191,24 +206,31 @@ class AttemptLog:
                     self._queued.wait()
                 if not self._backlog:
                     return
-                chunk = self._backlog.popleft()
-                self._backlog_bytes -= len(chunk)
+                chunk = self._backlog[0]
             view = memoryview(chunk)
             try:
                 while view:
                     done = os.write(self._fd, view)
                     self._written += done
+                    self._progress_at = time.monotonic()
                     view = view[done:]
             except OSError as error:
                 with self._lock:
                     self._fail(error.strerror or str(error))
                 return
+            with self._lock:
+                if self._backlog and self._backlog[0] is chunk:  # not dropped by _fail
+                    self._backlog.popleft()
+                    self._backlog_bytes -= len(chunk)
+                self._drained.notify_all()
 
     def _fail(self, why: str) -> None:
         """Called with the lock held: the log ends here."""
         if self.problem is not None:
             return
         self._backlog.clear()
+        self._backlog_bytes = 0
+        self._drained.notify_all()
         self.problem = (
             f"attempt log incomplete: {self.path.name} stops after {self._written} bytes "
             f"({why}); the command's output went on to stdout/stderr"
@@ -216,15 +238,21 @@ class AttemptLog:
         logger.warning("skyguard: %s", self.problem)
 
     def close(self) -> None:
-        """Write out what is queued (bounded: a stalled write is given up), then close."""
+        """Write out what is queued, then close. Bounded: a write that made no progress
+        for ``_DRAIN_TIMEOUT`` is given up (a slow disk still gets the whole backlog)."""
         with self._lock:
             self._closing = True
             self._queued.notify()
-        self._writer.join(_DRAIN_TIMEOUT)
-        if self._writer.is_alive():  # stuck in a write: it keeps the descriptor
-            with self._lock:
-                self._fail("its storage stalled")
-        else:
+            self._drained.notify_all()
+        while True:
+            self._writer.join(_DRAIN_TIMEOUT)
+            if not self._writer.is_alive():
+                break
+            if time.monotonic() - self._progress_at > _DRAIN_TIMEOUT:
+                with self._lock:  # stuck in a write: it keeps the descriptor
+                    self._fail("its storage stalled")
+                break
+        if not self._writer.is_alive():
             try:
                 os.close(self._fd)  # NFS and FUSE report a failed flush here
             except OSError as error:
