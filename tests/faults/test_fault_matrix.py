@@ -424,6 +424,21 @@ def stderr_has(text: str) -> Check:
     return check
 
 
+def bad_input(
+    name: str, options: tuple[str, ...], said: str, files: tuple[tuple[str, str], ...] = ()
+) -> Scenario:
+    """The runner refuses the input before the command starts: one line, exit 2."""
+    return Scenario(
+        name,
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        options,
+        files=files,
+        check=stderr_has(said),
+    )
+
+
 def _history(**changes: Any) -> str:
     """A termination.json: the seed, then its attempt 2 with ``changes`` (a wrong shape)."""
     second = {**SEED.to_json(), "attempt": 2, **changes}
@@ -748,7 +763,15 @@ SCENARIOS: tuple[Scenario, ...] = (
             action=send_to_runner(signum),
             check=detail_has(f"runner received {signum.name}"),
         )
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        # SIGALRM, SIGXCPU, SIGQUIT: issue 13, fault 3 (every stop signal is handled)
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGALRM,
+            signal.SIGXCPU,
+            signal.SIGQUIT,
+        )
     ),
     Scenario("state-dir-deleted", child("remove-state-dir", "3"), "job_failed", 3),
     Scenario(
@@ -907,32 +930,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         check=split_fatal_line_found,
     ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
-    Scenario(
-        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    bad_input(
         "config-grace-nan",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--config", "{tmp}/run.toml"),
+        "[run] grace: not a finite number: nan",
         files=(("run.toml", "[run]\ngrace = nan\n"),),
-        check=stderr_has("[run] grace: not a finite number: nan"),
     ),
-    Scenario(
+    bad_input(
         "config-busbw-inf",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--preflight-min-busbw", "inf"),
-        check=stderr_has("--preflight-min-busbw: not a finite number"),
+        "--preflight-min-busbw: not a finite number",
     ),
-    Scenario(
+    bad_input(
         "heartbeat-file-is-a-directory",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--heartbeat-file", "{tmp}/hbdir"),
+        "hbdir is a directory",
         files=(("hbdir/", ""),),
-        check=stderr_has("hbdir is a directory"),
     ),
     Scenario(
         "heartbeat-writes-fail-leave-no-temp-files",
@@ -1017,20 +1031,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=signal_during_startup(signal.SIGTERM),
         check=never_started,
     ),
-    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded, others stop
-    *(
-        Scenario(
-            f"runner-{signum.name.lower()}",
-            child("beat-forever"),
-            "signalled",
-            75,
-            hb("5"),
-            signal="SIGTERM",
-            action=send_to_runner(signum),
-            check=detail_has(f"runner received {signum.name}"),
-        )
-        for signum in (signal.SIGALRM, signal.SIGXCPU, signal.SIGQUIT)
-    ),
+    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded (the other
+    # stop signals are the runner-sig* scenarios above)
     Scenario(
         "runner-sigusr1-forwarded",
         child("checkpoint-on-usr1"),
@@ -1040,45 +1042,43 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=send_to_runner(signal.SIGUSR1),
         check=checkpoint_taken,
     ),
-    Scenario(
-        # The kernel kills the command with the runner, the watchdog the rest of the tree.
-        "runner-sigkilled-tree-follows",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=False),
-        check=tree_gone_at_restart("the runner died; stopped"),
-    ),
-    Scenario(
-        "runner-and-watchdog-sigkilled-next-start-stops-tree",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=True),
-        check=tree_gone_at_restart("left running by attempt 2"),
+    *(
+        Scenario(
+            name,
+            child("leave-tree", "{tmp}/tree"),
+            "completed",
+            0,
+            ("--grace", "1"),
+            history=3,
+            launcher="sigkill-restart",
+            action=sigkill_runner(watchdog_too=watchdog_too),
+            check=tree_gone_at_restart(said),
+        )
+        for name, watchdog_too, said in (
+            # The kernel kills the command with the runner, the watchdog the rest of the tree.
+            ("runner-sigkilled-tree-follows", False, "the runner died; stopped"),
+            # Without the watchdog, the next runner stops the tree before it starts.
+            (
+                "runner-and-watchdog-sigkilled-next-start-stops-tree",
+                True,
+                "left running by attempt 2",
+            ),
+        )
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
-    Scenario(
-        "child-pid-hopper",
-        child("pid-hopper", "{tmp}/trail"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
-    ),
-    Scenario(
-        "child-pid-hopper-own-sessions",
-        child("pid-hopper", "{tmp}/trail", "own-session"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
+    *(
+        Scenario(
+            name,
+            child("pid-hopper", "{tmp}/trail", *sessions),
+            "completed",
+            0,
+            ("--grace", "1"),
+            check=hopper_gone,
+        )
+        for name, sessions in (
+            ("child-pid-hopper", ()),
+            ("child-pid-hopper-own-sessions", ("own-session",)),
+        )
     ),
     # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
     Scenario(
