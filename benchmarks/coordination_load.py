@@ -26,12 +26,12 @@ import re
 import resource
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from skyguard_run import runner_argv
 
 from devops.skypilot.node.coordination.protocol import Seal, hello_target, task_token
 
@@ -201,8 +201,8 @@ def load_trial(tmp: Path, env: dict[str, str], port: int, slow_senders: int) -> 
         "SKYGUARD_COORD_SECRET": SECRET,
         "SKYGUARD_NOTIFY_ENABLED": "false",
     }
-    argv = [sys.executable, "-m", "devops.skypilot", "run", "--state-dir", str(tmp / "state")]
-    argv += ["--coord-port", str(port), "--grace", "5", "--", "sleep", "600"]
+    argv = runner_argv(tmp / "state", "--coord-port", str(port), "--grace", "5")
+    argv += ["sleep", "600"]
     log = tmp / "head.log"
     with log.open("wb") as out:
         head = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -61,6 +61,7 @@ from typing import Any
 
 import psutil
 from coordination_load import FOLLOWERS, SLOW_SENDERS, load_trial, summary
+from skyguard_run import runner_argv
 
 from devops.skypilot.node.state import write_json_atomic
 
@@ -178,22 +179,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def runner_argv(state: Path, options: Sequence[str], command: Sequence[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "devops.skypilot",
-        "run",
-        "--state-dir",
-        str(state),
-        "--grace",
-        "5",
-        *options,
-        "--",
-        *command,
-    ]
 
 
 class Watched:
@@ -329,7 +314,7 @@ def stop_trial(tmp: Path, mode: Failure) -> StopTrial:
                         options += ["--heartbeat-timeout", f"{HEARTBEAT_TIMEOUT:g}"]
                         options += ["--startup-grace", "60"]
                 # Each node its own state dir, as recipes/job.yaml gives them.
-                argv = runner_argv(state / f"node-{rank}", options, command)
+                argv = [*runner_argv(state / f"node-{rank}", "--grace", "5", *options), *command]
                 env = node_env(tag, rank, NUM_NODES)
                 runners[rank] = Watched(argv, env, tmp / f"runner-{rank}.log")
             commands = find_commands(runners)
@@ -477,7 +462,7 @@ def cost_trial(tmp: Path, monitored: bool) -> tuple[dict[str, CostSample], bool]
                     role = f"alone-{rank}"
                     env = base_env(tag)
                 env["SKYGUARD_NOTIFY_ENABLED"] = "false"
-                argv = runner_argv(tmp / f"state-{rank}", options, command)
+                argv = [*runner_argv(tmp / f"state-{rank}", "--grace", "5", *options), *command]
                 runners[role] = Watched(argv, env, tmp / f"{role}.log")
             codes = {role: runner.wait(TRIAL_TIMEOUT) for role, runner in runners.items()}
         finally:

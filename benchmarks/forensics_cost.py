@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from skyguard_run import runner_argv
+
 from devops.skypilot.node.forensics.capture import find_py_spy
 from devops.skypilot.node.state import write_json_atomic
 
@@ -31,8 +33,7 @@ LAUNCH = REPO / "tests" / "forensics" / "launch.py"
 
 def one_run(state_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "devops.skypilot", "run", "--state-dir", str(state_dir)]
-    command += ["--heartbeat-timeout", "1", "--startup-grace", "60", "--"]
+    command = runner_argv(state_dir, "--heartbeat-timeout", "1", "--startup-grace", "60")
     command += [sys.executable, str(LAUNCH), "collective", "sleep"]
     subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
     record = json.loads((state_dir / "termination.json").read_text())

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from skyguard_run import runner_argv
 
 from devops.skypilot.node.state import write_json_atomic
 
@@ -202,18 +203,7 @@ class Trial:
 def run_trial(tmp: Path, command: str, extra_env: Mapping[str, str]) -> Trial:
     tag = uuid.uuid4().hex
     env = {**base_env(tag), **extra_env}
-    argv = [
-        sys.executable,
-        "-m",
-        "devops.skypilot",
-        "run",
-        "--state-dir",
-        str(tmp / "state"),
-        "--",
-        sys.executable,
-        "-c",
-        command,
-    ]
+    argv = [*runner_argv(tmp / "state"), sys.executable, "-c", command]
     stdout_path, stderr_path = tmp / "runner.out", tmp / "runner.err"
     with (
         tagged(tag),

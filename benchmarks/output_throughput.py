@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from skyguard_run import runner_argv
 
 from devops.skypilot.node.state import write_json_atomic
 
@@ -48,8 +49,8 @@ NO_PATTERNS = "[log_patterns]\ndefaults = false\n"
 WRITER = r"""
 import os, sys, time
 line, total, timing = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-sys.path.insert(0, os.environ["BENCH_REPO"])
-from benchmarks.output_throughput import block
+sys.path.insert(0, os.path.join(os.environ["BENCH_REPO"], "benchmarks"))
+from output_throughput import block
 data = block(line)
 view = memoryview(data)
 start = time.monotonic()
@@ -103,17 +104,8 @@ def run_once(way: str, shape: str, megabytes: int, tmp: Path) -> Run:
                 ["sh", "-c", '"$@" | cat', "sh", *writer], stdout=devnull, env=env, check=True
             )
         else:
-            argv = [
-                sys.executable,
-                "-m",
-                "devops.skypilot",
-                "run",
-                "--state-dir",
-                str(state),
-                *(option.replace("{tmp}", str(tmp)) for option in options),
-                "--",
-                *writer,
-            ]
+            filled = (option.replace("{tmp}", str(tmp)) for option in options)
+            argv = [*runner_argv(state, *filled), *writer]
             process = subprocess.Popen(argv, stdout=devnull, stderr=subprocess.PIPE, env=env)
             stop = threading.Event()
             sampler = threading.Thread(target=_peak_rss, args=(process.pid, stop, peak))

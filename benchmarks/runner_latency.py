@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+from skyguard_run import runner_argv
 
 from devops.skypilot.node.state import write_json_atomic
 
@@ -47,19 +48,6 @@ for _ in range(3):
 while True:
     time.sleep(3600)
 """
-
-
-def runner_argv(state: Path, *options: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "devops.skypilot",
-        "run",
-        "--state-dir",
-        str(state),
-        *options,
-        "--",
-    ]
 
 
 def run_runner(argv: list[str]) -> tuple[dict[str, float], float, str]:

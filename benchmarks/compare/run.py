@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -156,6 +156,17 @@ def ft_argv(settings: Settings, tmp: Path, worker: list[str]) -> list[str]:
     ]
 
 
+def skyguard_cadence(timeout: float) -> float:
+    """How often skyguard's heartbeat monitor checks: 5 % of the timeout, 0.05-1 s."""
+    return min(1.0, max(0.05, timeout * 0.05))
+
+
+def ft_tuned_argv(settings: Settings, tmp: Path, worker: list[str]) -> list[str]:
+    """ft_launcher checking as often as skyguard does: the best-tuned peer."""
+    tuned = replace(settings, ft_check_interval=skyguard_cadence(settings.timeout))
+    return ft_argv(tuned, tmp, worker)
+
+
 def _first(patterns: Sequence[str], text: str) -> str:
     for pattern in patterns:
         found = re.findall(pattern, text, re.MULTILINE)
@@ -169,7 +180,17 @@ def skyguard_reason(stderr: str) -> str:
     if not match:
         return ""
     record = json.loads(match.group(1))
+    if record.get("forensics") and record["forensics"]["captured"]:
+        # The detail ends with the stacks; the table cell keeps the verdict and the stacks.
+        head = record["detail"].split("; stacks: ", 1)[0]
+        return f"{record['reason']}: {head}; stacks: {record['forensics']['summary']}"
     return f"{record['reason']}: {record['detail']}"
+
+
+def forensics_ms(stderr: str) -> float | None:
+    match = re.search(r"^skyguard: termination (\{.*\})$", stderr, re.MULTILINE)
+    forensics = json.loads(match.group(1)).get("forensics") if match else None
+    return float(forensics["elapsed_ms"]) if forensics else None
 
 
 def torchrun_reason(stderr: str) -> str:
@@ -201,6 +222,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("bare", "none", bare_argv, bare_reason),
     Tool("torchrun", "none", torchrun_argv, torchrun_reason),
     Tool("ft_launcher", "nvrx", ft_argv, ft_reason),
+    Tool("ft_launcher_tuned", "nvrx", ft_tuned_argv, ft_reason),
     Tool("skyguard", "skyguard", skyguard_argv, skyguard_reason),
 )
 
@@ -255,6 +277,8 @@ class RunRecord:
     #: The top process alone (skyguard: the runner, without torchrun below it).
     top_cpu: float
     top_rss_mb: float
+    #: skyguard: ms from the hang verdict to the end of the stack capture (then SIGTERM).
+    forensics_ms: float | None = None
 
 
 def alive(pid: int) -> bool:
@@ -362,6 +386,7 @@ def run_once(
                     process.wait()
         stderr = err_path.read_text(errors="replace") + out_path.read_text(errors="replace")
         record.reason = tool.reason(stderr)
+        record.forensics_ms = forensics_ms(stderr)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             (keep / f"{workload.name}-{tool.name}-{tag[:8]}.log").write_text(stderr)
@@ -529,6 +554,9 @@ def summarize(records: list[RunRecord]) -> list[dict[str, Any]]:
                     "orphans_max": max(len(r.orphans) for r in runs),
                     "exit_codes": sorted({r.exit_code for r in runs if r.exit_code is not None}),
                     "reason": next((r.reason for r in runs if r.reason), ""),
+                    "forensics_ms": spread(
+                        [r.forensics_ms for r in runs if r.forensics_ms is not None]
+                    ),
                     "wall_s": spread([r.wall for r in runs]),
                     "supervisor_cpu_s": spread([r.supervisor_cpu for r in runs]),
                     "supervisor_rss_mb": spread([r.supervisor_rss_mb for r in runs]),
@@ -598,9 +626,17 @@ def _codes(codes: list[int]) -> str:
     return f"{shown} (retry)" if RETRY_CODE in codes else shown
 
 
-def _cell(text: str, width: int = 90) -> str:
+def _cell(text: str, width: int = 240) -> str:
     text = text.replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _ms(value: dict[str, float] | None) -> str:
+    if not value:
+        return "—"
+    if value["min"] == value["max"]:
+        return f"{value['median']:.0f}"
+    return f"{value['median']:.0f} ({value['min']:.0f}-{value['max']:.0f})"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -611,8 +647,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"repeats {result['repeats']}; seconds as median (min-max))",
         "",
         "| workload | tool | detected | latency past deadline | no process left after "
-        "| orphans | exit code | what a person is told |",
-        "|---|---|---|---|---|---|---|---|",
+        "| orphans | exit code | stacks: verdict -> SIGTERM, ms | what a person is told |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     titles = {w.name: w.title for w in WORKLOADS}
     for row in result["rows"]:
@@ -626,7 +662,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {titles[row['workload']]} | {row['tool']} | {row['detected'] or '—'} "
             f"| {_seconds(row['latency_s'])} | {empty} | {row['orphans_max']} "
-            f"| {_codes(row['exit_codes'])} | {_cell(row['reason']) or '—'} |"
+            f"| {_codes(row['exit_codes'])} | {_ms(row.get('forensics_ms'))} "
+            f"| {_cell(row['reason']) or '—'} |"
         )
     lines += [
         "",

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from devops.skypilot.common.credentials import DISCORD_WEBHOOK_VAR
 from devops.skypilot.common.lifecycle import Phase
+from notifications.channels.webhook import WebhookNotifier
 from notifications.http import (
     HttpTimeouts,
     delivery_from_response,
@@ -33,7 +35,7 @@ from notifications.http import (
     post_json,
     seconds_from,
 )
-from notifications.notifier import Delivery, Event, Notifier, clean_text, format_duration
+from notifications.notifier import Delivery, Event, clean_text, format_duration
 from notifications.secrets import Secret
 
 if TYPE_CHECKING:
@@ -150,23 +152,16 @@ def build_payload(event: Event, username: str = "skyguard") -> dict[str, Any]:
     }
 
 
-class DiscordNotifier(Notifier):
+class DiscordNotifier(WebhookNotifier):
     name = "discord"
+    settings: DiscordSettings
+    url_variable = DISCORD_WEBHOOK_VAR
 
     def __init__(self, settings: DiscordSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         #: Monotonic time before which the webhook's rate-limit bucket is empty.
         self._bucket_refills = 0.0
         self._lock = threading.Lock()
-
-    def missing(self) -> str | None:
-        if self.settings.webhook_url is None:
-            return "no webhook URL (set SKYGUARD_DISCORD_WEBHOOK_URL)"
-        return None
-
-    def secrets(self) -> tuple[str, ...]:
-        url = self.settings.webhook_url
-        return () if url is None else (url.reveal(),)
 
     def _send(self, event: Event, deadline: float | None) -> Delivery:
         url = self.settings.webhook_url

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from devops.skypilot.common.credentials import SLACK_WEBHOOK_VAR
 from devops.skypilot.common.lifecycle import Phase
+from notifications.channels.webhook import WebhookNotifier
 from notifications.http import TRANSIENT_STATUSES, HttpTimeouts, post_json, seconds_from
 from notifications.notifier import (
     MAX_ERROR_TEXT,
     Delivery,
     Event,
-    Notifier,
     clean_text,
     format_duration,
 )
@@ -176,20 +177,10 @@ def slack_answer(channel: str, response: requests.Response) -> Delivery:
     return Delivery.failed(channel, detail, transient=transient, retry_after=wait)
 
 
-class SlackNotifier(Notifier):
+class SlackNotifier(WebhookNotifier):
     name = "slack"
-
-    def __init__(self, settings: SlackSettings) -> None:
-        self.settings = settings
-
-    def missing(self) -> str | None:
-        if self.settings.webhook_url is None:
-            return "no webhook URL (set SKYGUARD_SLACK_WEBHOOK_URL)"
-        return None
-
-    def secrets(self) -> tuple[str, ...]:
-        url = self.settings.webhook_url
-        return () if url is None else (url.reveal(),)
+    settings: SlackSettings
+    url_variable = SLACK_WEBHOOK_VAR
 
     def _send(self, event: Event, deadline: float | None) -> Delivery:
         url = self.settings.webhook_url

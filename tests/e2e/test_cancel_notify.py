@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 #: Guards against a hang only: launch to RUNNING is ~1 min, cancel to CANCELLED ~1 min.
 RUNNING_TIMEOUT = 600.0
-CALLBACK_TIMEOUT = 300.0
+CALLBACK_TIMEOUT = 120.0
 CALLBACK_LOGS = Path.home() / "sky_logs" / "managed_job_event"
 
 

@@ -32,7 +32,7 @@ from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
+from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
@@ -233,12 +233,12 @@ SLOW_START = ("--startup-grace", "60")
 
 
 def blocked_in_kernel(live: Live) -> None:
-    """The command really is asleep in open(2) of the FIFO, not running Python."""
+    """The command's main thread really is asleep in open(2) of the FIFO (the kernel's
+    wait for a writer), not running Python; then its beats stop."""
     pid = live.wait_ready()
-    deadline = time.monotonic() + 10
-    while psutil.Process(pid).status() != psutil.STATUS_SLEEPING:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wchan = Path(f"/proc/{pid}/wchan")
+    live.wait_until("blocked in open(2)", lambda: wchan.read_text() == "wait_for_partner")
+    live.go.touch()
 
 
 def pids_gone(name: str) -> Check:
@@ -381,6 +381,15 @@ def chatty_job_streamed(done: Finished) -> None:
         assert log.read() == FATAL_AFTER_FLOOD, "the log is not every byte, in order"
 
 
+def split_fatal_line_found(done: Finished) -> None:
+    """Found although no read held it whole, and every byte is in the log and on our
+    stdout, in order."""
+    assert "illegal memory access" in done.printed["detail"]
+    expected = split_output() + FATAL_AFTER_FLOOD
+    assert done.log.read_bytes() == expected, "the log is not every byte, in order"
+    assert done.stdout.read_bytes() == expected, "stdout is not every byte, in order"
+
+
 def told_despite_closed_output(done: Finished) -> None:
     assert (done.state_dir.parent / "state.head").read_text().count("\n") == 1, (
         "head -1 read no line"
@@ -413,6 +422,21 @@ def stderr_has(text: str) -> Check:
         assert text in done.stderr, done.stderr[-3000:]
 
     return check
+
+
+def bad_input(
+    name: str, options: tuple[str, ...], said: str, files: tuple[tuple[str, str], ...] = ()
+) -> Scenario:
+    """The runner refuses the input before the command starts: one line, exit 2."""
+    return Scenario(
+        name,
+        child("beat-for", "0.2"),
+        "config_error",
+        2,
+        options,
+        files=files,
+        check=stderr_has(said),
+    )
 
 
 def _history(**changes: Any) -> str:
@@ -678,7 +702,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang-on-fifo", "{tmp}/fifo"),
         "heartbeat_timeout",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
         signal="SIGTERM",
         action=blocked_in_kernel,
     ),
@@ -687,7 +711,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang", "ignore"),
         "heartbeat_timeout",
         75,
-        hb(grace="0.5"),
+        # SIGTERM is ignored before the first beat: a slow start must not be the hang.
+        (*hb(grace="0.5"), *SLOW_START),
         signal="SIGKILL",
     ),
     Scenario(
@@ -739,7 +764,15 @@ SCENARIOS: tuple[Scenario, ...] = (
             action=send_to_runner(signum),
             check=detail_has(f"runner received {signum.name}"),
         )
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        # SIGALRM, SIGXCPU, SIGQUIT: issue 13, fault 3 (every stop signal is handled)
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGALRM,
+            signal.SIGXCPU,
+            signal.SIGQUIT,
+        )
     ),
     Scenario("state-dir-deleted", child("remove-state-dir", "3"), "job_failed", 3),
     Scenario(
@@ -801,7 +834,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang"),
         "heartbeat_timeout",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
         launcher="clock-86400",
         check=clock_jumped_and(detail_has("(timeout 1s)")),
     ),
@@ -887,33 +920,34 @@ SCENARIOS: tuple[Scenario, ...] = (
         keep_stdout=False,
         check=chatty_job_streamed,
     ),
+    Scenario(
+        # The fatal line is cut between two reads, after a 3 MiB line without newlines.
+        "fatal-line-split-across-reads",
+        child("fatal-split-across-reads"),
+        "cuda_error",
+        75,
+        ("--grace", "1"),
+        signal="SIGTERM",
+        check=split_fatal_line_found,
+    ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
-    Scenario(
-        # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    # A NaN grace never reaches SIGKILL: the stop loop spun forever.
+    bad_input(
         "config-grace-nan",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--config", "{tmp}/run.toml"),
+        "[run] grace: not a finite number: nan",
         files=(("run.toml", "[run]\ngrace = nan\n"),),
-        check=stderr_has("[run] grace: not a finite number: nan"),
     ),
-    Scenario(
+    bad_input(
         "config-busbw-inf",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--preflight-min-busbw", "inf"),
-        check=stderr_has("--preflight-min-busbw: not a finite number"),
+        "--preflight-min-busbw: not a finite number",
     ),
-    Scenario(
+    bad_input(
         "heartbeat-file-is-a-directory",
-        child("beat-for", "0.2"),
-        "config_error",
-        2,
         ("--heartbeat-file", "{tmp}/hbdir"),
+        "hbdir is a directory",
         files=(("hbdir/", ""),),
-        check=stderr_has("hbdir is a directory"),
     ),
     Scenario(
         "heartbeat-writes-fail-leave-no-temp-files",
@@ -998,20 +1032,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=signal_during_startup(signal.SIGTERM),
         check=never_started,
     ),
-    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded, others stop
-    *(
-        Scenario(
-            f"runner-{signum.name.lower()}",
-            child("beat-forever"),
-            "signalled",
-            75,
-            hb("5"),
-            signal="SIGTERM",
-            action=send_to_runner(signum),
-            check=detail_has(f"runner received {signum.name}"),
-        )
-        for signum in (signal.SIGALRM, signal.SIGXCPU, signal.SIGQUIT)
-    ),
+    # --- issue 13, fault 3: nothing outlives the runner; USR1/USR2 forwarded (the other
+    # stop signals are the runner-sig* scenarios above)
     Scenario(
         "runner-sigusr1-forwarded",
         child("checkpoint-on-usr1"),
@@ -1021,45 +1043,43 @@ SCENARIOS: tuple[Scenario, ...] = (
         action=send_to_runner(signal.SIGUSR1),
         check=checkpoint_taken,
     ),
-    Scenario(
-        # The kernel kills the command with the runner, the watchdog the rest of the tree.
-        "runner-sigkilled-tree-follows",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=False),
-        check=tree_gone_at_restart("the runner died; stopped"),
-    ),
-    Scenario(
-        "runner-and-watchdog-sigkilled-next-start-stops-tree",
-        child("leave-tree", "{tmp}/tree"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        history=3,
-        launcher="sigkill-restart",
-        action=sigkill_runner(watchdog_too=True),
-        check=tree_gone_at_restart("left running by attempt 2"),
+    *(
+        Scenario(
+            name,
+            child("leave-tree", "{tmp}/tree"),
+            "completed",
+            0,
+            ("--grace", "1"),
+            history=3,
+            launcher="sigkill-restart",
+            action=sigkill_runner(watchdog_too=watchdog_too),
+            check=tree_gone_at_restart(said),
+        )
+        for name, watchdog_too, said in (
+            # The kernel kills the command with the runner, the watchdog the rest of the tree.
+            ("runner-sigkilled-tree-follows", False, "the runner died; stopped"),
+            # Without the watchdog, the next runner stops the tree before it starts.
+            (
+                "runner-and-watchdog-sigkilled-next-start-stops-tree",
+                True,
+                "left running by attempt 2",
+            ),
+        )
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
-    Scenario(
-        "child-pid-hopper",
-        child("pid-hopper", "{tmp}/trail"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
-    ),
-    Scenario(
-        "child-pid-hopper-own-sessions",
-        child("pid-hopper", "{tmp}/trail", "own-session"),
-        "completed",
-        0,
-        ("--grace", "1"),
-        check=hopper_gone,
+    *(
+        Scenario(
+            name,
+            child("pid-hopper", "{tmp}/trail", *sessions),
+            "completed",
+            0,
+            ("--grace", "1"),
+            check=hopper_gone,
+        )
+        for name, sessions in (
+            ("child-pid-hopper", ()),
+            ("child-pid-hopper-own-sessions", ("own-session",)),
+        )
     ),
     # --- issue 13, fault 11: a signal during the NCCL preflight starts nothing
     Scenario(

@@ -119,12 +119,12 @@ def test_a_rank_that_finished_early_is_not_a_hang(skyguard: SkyguardRunner) -> N
 
 
 def test_a_rank_that_never_beats_is_named(skyguard: SkyguardRunner) -> None:
-    result = skyguard.run([PYTHON, LAUNCH, "beating", "silent"], *WATCH)
+    result = skyguard.run([PYTHON, LAUNCH, "beating", "silent", "beating"], *WATCH)
     assert result.returncode == 75, result.stderr
     record = result.record
     assert record["reason"] == "heartbeat_timeout"
     assert record["detail"].startswith("no first heartbeat from rank 1 (pid "), record["detail"]
-    assert "after rank 0 began beating (timeout 1s)" in record["detail"]
+    assert "after ranks 0, 2 began beating (timeout 1s)" in record["detail"]
     # Blamed: the stack summary puts it first, at its line.
     assert record["forensics"]["summary"].startswith("rank 1 (pid ")
     assert "in time.sleep at hung.py" in record["forensics"]["summary"]
@@ -144,12 +144,16 @@ def test_a_silent_rank_is_late_a_timeout_after_the_first_beat(tmp_path: Path) ->
         _beat(tmp_path / "heartbeat.rank-0", os.getpid())
         assert monitor.check(15.9) is None
         _beat(tmp_path / "heartbeat.rank-0", os.getpid())
-        # Rank 0 beats on, rank 1 (a process of the tree with RANK=1) never did.
-        verdict = monitor.check(16.0)
+        # Only rank 0 beats: a job that beats from rank 0 alone, by design.
+        assert monitor.check(16.0) is None
+        _beat(tmp_path / "heartbeat.rank-2", os.getpid())
+        _beat(tmp_path / "heartbeat.rank-0", os.getpid())
+        # Ranks 0 and 2 beat on, rank 1 (a process of the tree with RANK=1) never did.
+        verdict = monitor.check(16.5)
         assert verdict is not None and verdict.ranks == (1,)
         assert verdict.detail == (
-            f"no first heartbeat from rank 1 (pid {child.pid}) 5.0s after "
-            "rank 0 began beating (timeout 5s)"
+            f"no first heartbeat from rank 1 (pid {child.pid}) 5.5s after "
+            "ranks 0, 2 began beating (timeout 5s)"
         )
     finally:
         child.kill()

@@ -247,3 +247,57 @@ def test_called_wrongly_is_one_line_and_exit_2(
     assert result.returncode == 2
     assert says in result.stderr and len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+# --- the recipe's event_callback: which Python it finds on the controller -------------------
+
+
+def run_recipe_callback(
+    tmp_path: Path, env: dict[str, str], via_shell: bool
+) -> subprocess.CompletedProcess[str]:
+    """recipes/job.yaml's event_callback as SkyPilot runs it (``bash -i FILE``, its parent
+    the controller's Python); ``via_shell`` puts a plain shell in between instead."""
+    import yaml
+
+    script = tmp_path / "callback.sh"
+    script.write_text(yaml.safe_load((ROOT / "recipes" / "job.yaml").read_text())["event_callback"])
+    # SkyPilot's controller runs as `<absolute venv path>/python -u -m sky.jobs.controller`
+    # and starts the callback with Popen("/bin/bash -i FILE", shell=True).
+    parent = [
+        sys.executable,
+        "-c",
+        f"import subprocess; subprocess.run('/bin/bash -i {script}', shell=True)",
+    ]
+    command = ["bash", "-c", f"bash {script}; true"] if via_shell else parent
+    return subprocess.run(
+        command,
+        cwd=tmp_path,
+        # No skyguard on PATH, no SkyPilot runtime in this home.
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JOB_STATUS": "STARTED", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_recipes_callback_runs_in_the_controllers_own_python(tmp_path: Path) -> None:
+    result = run_recipe_callback(tmp_path, {}, via_shell=False)
+    assert result.stdout == "skyguard notify-event: STARTED: nothing to tell\n", result.stderr
+
+
+def test_the_recipes_callback_takes_the_python_it_is_given(tmp_path: Path) -> None:
+    result = run_recipe_callback(
+        tmp_path, {"SKYGUARD_CONTROLLER_PYTHON": sys.executable}, via_shell=True
+    )
+    assert result.stdout == "skyguard notify-event: STARTED: nothing to tell\n", result.stderr
+
+
+def test_the_recipes_callback_without_skyguard_is_one_line(tmp_path: Path) -> None:
+    result = run_recipe_callback(tmp_path, {}, via_shell=True)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "skyguard notify-event: skyguard is not installed on the jobs controller: nothing sent "
+        "for STARTED (set SKYGUARD_CONTROLLER_PYTHON; docs/notifications.md)"
+    ]
+    assert result.stderr == ""

@@ -112,6 +112,14 @@ OPTIONS: tuple[Option, ...] = (
         "REGEX",
     ),
     Option(
+        "derived_timeout_factor",
+        parse_rate,
+        0.0,
+        "opt-in: later attempts' heartbeat timeout = this x the longest beat gap seen "
+        "before (at most --heartbeat-timeout; 5 is NVRx's factor); 0 = off",
+        "X",
+    ),
+    Option(
         "startup_grace",
         parse_duration,
         0.0,
@@ -137,19 +145,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_retries", parse_count, 3, "retryable ends allowed before giving up (exit 125)", "N"
     ),
     Option(
-        "crash_loop_count",
-        parse_count,
-        3,
-        "crash loop: this many failed ends in a row ...",
-        "N",
+        "crash_loop_count", parse_count, 3, "crash loop: this many failed ends in a row ...", "N"
     ),
-    Option(
-        "crash_loop_window",
-        parse_duration,
-        60.0,
-        "... each shorter than this; 0 = off",
-        "DUR",
-    ),
+    Option("crash_loop_window", parse_duration, 60.0, "... each shorter than this; 0 = off", "DUR"),
     Option("job_name", _text, None, "name used in records and notifications", "NAME"),
     Option(
         "torchrun",
@@ -237,6 +235,7 @@ class RunConfig:
     gpu_idle_timeout: float = 0.0
     forensics_timeout: float = 3.0
     progress_pattern: str | None = None
+    derived_timeout_factor: float = 0.0
     #: The whole config file, for sections other parts of skyguard own
     #: (notifications); kept out of repr because it may hold secrets.
     file_sections: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -405,7 +404,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> RunConfig:
         dry_run=bool(flags.get("dry_run")),
         **plain,
     )
-    for needy in ("startup_grace", "progress_pattern"):
+    if 0 < config.derived_timeout_factor < 1:
+        raise ConfigError("--derived-timeout-factor must be 0 (off) or >= 1")
+    for needy in ("startup_grace", "progress_pattern", "derived_timeout_factor"):
         if getattr(config, needy) and not config.heartbeat_timeout:
             raise ConfigError(f"--{needy.replace('_', '-')} needs --heartbeat-timeout")
     if config.node_rank >= config.num_nodes:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.monitors.base import Monitor
+from devops.skypilot.node.monitors.beat_gaps import Gaps, derive, load_gaps, save_gaps
+from devops.skypilot.node.monitors.line_scan import LineScan
 from devops.skypilot.node.monitors.rank_beats import RankBeats, never_beat
 from devops.skypilot.node.monitors.setup import MonitorSetup
 
@@ -39,6 +41,7 @@ class HeartbeatMonitor(Monitor):
         timeout: float,
         startup_grace: float = 0.0,
         progress: re.Pattern[str] | None = None,
+        gaps_dir: Path | None = None,
     ) -> None:
         self.path = path
         self.timeout = timeout
@@ -52,9 +55,14 @@ class HeartbeatMonitor(Monitor):
         self.ranks = RankBeats(path)
         #: ``--progress-pattern``: an output line matching it is a beat.
         self.progress = progress
+        self._scan = LineScan([(progress, ())]) if progress is not None else None
         #: When the last matching line was read (monotonic; written by the reader threads).
         self._line_beat: float | None = None
         self._file_beat = False
+        #: ``--derived-timeout-factor``: the state dir the beat gaps are recorded in.
+        self.gaps_dir = gaps_dir
+        self._gaps = 0
+        self._longest_gap = 0.0
 
     @classmethod
     def create(cls, setup: MonitorSetup) -> HeartbeatMonitor | None:
@@ -62,7 +70,15 @@ class HeartbeatMonitor(Monitor):
         if config.heartbeat_timeout <= 0:
             return None
         pattern = re.compile(config.progress_pattern) if config.progress_pattern else None
-        return cls(config.heartbeat_file, config.heartbeat_timeout, config.startup_grace, pattern)
+        timeout, grace = config.heartbeat_timeout, config.startup_grace
+        factor = config.derived_timeout_factor
+        derived = derive(load_gaps(config.state_dir), factor, timeout)
+        if derived is not None:
+            logger.warning("skyguard: %s", derived[1])
+            # The first beat keeps the configured deadline: a startup is not a gap.
+            timeout, grace = derived[0], max(grace, timeout)
+        gaps_dir = config.state_dir if factor > 0 else None
+        return cls(config.heartbeat_file, timeout, grace, pattern, gaps_dir)
 
     def start(self, now: float) -> None:
         self._started = now
@@ -70,6 +86,7 @@ class HeartbeatMonitor(Monitor):
         self._line_beat = None
         self._file_beat = False
         self._error = None
+        self._gaps, self._longest_gap = 0, 0.0
         # A file left from an earlier attempt is not a beat of this one.
         self._signature = self._stat()
         self.ranks.start()
@@ -88,9 +105,24 @@ class HeartbeatMonitor(Monitor):
         self._error = None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
+    @property
+    def reads_output(self) -> bool:
+        # Only with --progress-pattern: otherwise not one byte of a chatty job's
+        # output is split or decoded for this monitor.
+        return self.progress is not None
+
     def observe_line(self, line: str) -> None:
         # One float assignment: safe from the reader threads without a lock.
         if self.progress is not None and self.progress.search(line):
+            self._line_beat = time.monotonic()
+
+    def observe_output(self, block: bytes) -> None:
+        """A block is a beat if any of its lines matches: the candidates of one
+        MULTILINE search over the block, each confirmed on its own line."""
+        if self._scan is not None and any(
+            self.progress is not None and self.progress.search(line)
+            for _, line in self._scan.candidates(block)
+        ):
             self._line_beat = time.monotonic()
 
     def _deadline(self) -> float:
@@ -105,26 +137,42 @@ class HeartbeatMonitor(Monitor):
     def _silent_ranks(self, now: float) -> dict[int, int]:
         """Ranks that never beat, a timeout after another rank's first beat.
 
-        Not the startup grace: the job is past its startup once a rank beats, and
-        a rank a whole timeout behind the first is stuck, not loading.
+        Only once two ranks or more beat: a job that beats from rank 0 alone (its
+        collectives drag it along) has ranks that never beat by design. Not the
+        startup grace: the job is past its startup once a rank beats, and a rank a
+        whole timeout behind the first is stuck, not loading.
         """
         first = self.ranks.first_beat
-        if first is None or now < first + self.timeout:
+        if first is None or now < first + self.timeout or len(self.ranks.beaten()) < 2:
             return {}
         return self.ranks.silent()
+
+    def stop(self) -> None:
+        """Record this attempt's beat gaps (``--derived-timeout-factor``): job-wide, and
+        each rank's own (a rank's gap can be longer than the job's)."""
+        if self.gaps_dir is not None and self._gaps:
+            longest = max(self._longest_gap, self.ranks.longest_gap)
+            gaps = Gaps(self._gaps, round(longest, 3), self.interval)
+            save_gaps(self.gaps_dir, gaps)
+
+    def _beat_at(self, when: float) -> None:
+        if self._last_beat is not None and when > self._last_beat:
+            self._gaps += 1
+            self._longest_gap = max(self._longest_gap, when - self._last_beat)
+        self._last_beat = when
 
     def check(self, now: float) -> Verdict | None:
         waiting = self._last_beat is None
         signature = self._stat()
+        beat = self.ranks.scan(now)
         if signature is not None and signature != self._signature:
-            self._last_beat = now
-            self._file_beat = True
+            beat = self._file_beat = True
         self._signature = signature
-        if self.ranks.scan(now):
-            self._last_beat = now
         line_beat = self._line_beat
         if line_beat is not None and (self._last_beat is None or line_beat > self._last_beat):
-            self._last_beat = min(line_beat, now)
+            self._beat_at(min(line_beat, now))
+        if beat:
+            self._beat_at(now)
         if waiting and self._last_beat is not None:
             # How long the start took: what --startup-grace has to cover.
             logger.info("skyguard: first heartbeat %.1fs after the start", now - self._started)

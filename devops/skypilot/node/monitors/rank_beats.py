@@ -55,6 +55,9 @@ class RankBeats:
         self.root = os.getpid() if root is None else root
         #: When this attempt's first rank beat (monotonic); None before.
         self.first_beat: float | None = None
+        #: Gaps between two beats of one rank seen this attempt, and the longest.
+        self.gaps = 0
+        self.longest_gap = 0.0
         #: ``RANK`` of each descendant seen, by (pid, create time): environments do not change.
         self._rank_env: dict[tuple[int, float], int | None] = {}
 
@@ -62,6 +65,7 @@ class RankBeats:
         """Files left from an earlier attempt are not beats of this one."""
         self._ranks = {rank: _Rank(signature) for rank, signature in self._files().items()}
         self.first_beat = None
+        self.gaps, self.longest_gap = 0, 0.0
 
     def _files(self) -> dict[int, _Signature]:
         found: dict[int, _Signature] = {}
@@ -84,6 +88,9 @@ class RankBeats:
             known = self._ranks.get(rank)
             if known is not None and known.signature == signature:
                 continue
+            if known is not None and known.last_beat is not None:
+                self.gaps += 1
+                self.longest_gap = max(self.longest_gap, now - known.last_beat)
             self._ranks[rank] = _Rank(signature, now, self._pid(rank))
             beat = True
         if beat and self.first_beat is None:
