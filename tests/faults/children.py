@@ -14,6 +14,8 @@ import resource
 import shutil
 import signal
 import sys
+import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,9 +84,11 @@ def hang_after_beats(ignore_term: str = "") -> int:
 
 
 def hang_on_fifo(path: str) -> int:
-    """Blocked in the kernel: open() of a FIFO waits for a writer that never comes."""
-    beats()
+    """Blocked in the kernel: open() of a FIFO waits for a writer that never comes. A
+    thread beats until the test has seen the main thread asleep there (``$FAULT_GO``);
+    from then on nothing beats, so the hang cannot be decided before it is in place."""
     os.mkfifo(path)
+    threading.Thread(target=beats_until_go, daemon=True).start()
     ready()
     with open(path, "rb") as fifo:
         fifo.read()
@@ -282,6 +286,33 @@ def flood_lines(megabytes: str, pipe_file: str) -> int:
     return 0
 
 
+def split_output() -> bytes:
+    """What ``fatal-split-across-reads`` writes before its fatal line: 3 MiB without a
+    newline (the runner cuts it in pieces for the monitors), then 4 MiB of lines."""
+    letters = bytes(ord("a") + i % 26 for i in range(3 * 2**20))
+    return letters + b"\n" + numbered_lines(4 * 2**20 // 100)
+
+
+def fatal_split_across_reads() -> int:
+    """A fatal line the runner reads in two pieces: its first half is in the pipe alone
+    until the runner has taken it (FIONREAD on our end says 0), then the rest comes."""
+    out = sys.stdout.fileno()
+    data = split_output() + FATAL_AFTER_FLOOD
+    half = len(data) - len(FATAL_AFTER_FLOOD) // 2
+    for part in (data[:half], data[half:]):
+        view = memoryview(part)
+        while view:
+            view = view[os.write(out, view) :]
+        while _unread(out):
+            time.sleep(0.01)
+    hang()
+    return 0
+
+
+def _unread(fd: int) -> int:
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
+
 def print_env() -> int:
     """What a training script's ``env`` dump would put in the log."""
     for name, value in sorted(os.environ.items()):
@@ -449,6 +480,7 @@ MODES: dict[str, Callable[..., int]] = {
     "random-bytes": random_bytes,
     "print-env": print_env,
     "flood-lines": flood_lines,
+    "fatal-split-across-reads": fatal_split_across_reads,
     "fill-log-disk": fill_log_disk,
 }
 

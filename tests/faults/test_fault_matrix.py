@@ -32,7 +32,7 @@ from devops.skypilot.common.termination import Termination, TerminationReason
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines
+from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
@@ -233,12 +233,12 @@ SLOW_START = ("--startup-grace", "60")
 
 
 def blocked_in_kernel(live: Live) -> None:
-    """The command really is asleep in open(2) of the FIFO, not running Python."""
+    """The command's main thread really is asleep in open(2) of the FIFO (the kernel's
+    wait for a writer), not running Python; then its beats stop."""
     pid = live.wait_ready()
-    deadline = time.monotonic() + 10
-    while psutil.Process(pid).status() != psutil.STATUS_SLEEPING:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wchan = Path(f"/proc/{pid}/wchan")
+    live.wait_until("blocked in open(2)", lambda: wchan.read_text() == "wait_for_partner")
+    live.go.touch()
 
 
 def pids_gone(name: str) -> Check:
@@ -379,6 +379,15 @@ def chatty_job_streamed(done: Finished) -> None:
     with done.log.open("rb") as log:
         log.seek(64 * 10000 * 100)
         assert log.read() == FATAL_AFTER_FLOOD, "the log is not every byte, in order"
+
+
+def split_fatal_line_found(done: Finished) -> None:
+    """Found although no read held it whole, and every byte is in the log and on our
+    stdout, in order."""
+    assert "illegal memory access" in done.printed["detail"]
+    expected = split_output() + FATAL_AFTER_FLOOD
+    assert done.log.read_bytes() == expected, "the log is not every byte, in order"
+    assert done.stdout.read_bytes() == expected, "stdout is not every byte, in order"
 
 
 def told_despite_closed_output(done: Finished) -> None:
@@ -693,7 +702,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang-on-fifo", "{tmp}/fifo"),
         "heartbeat_timeout",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
         signal="SIGTERM",
         action=blocked_in_kernel,
     ),
@@ -702,7 +711,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang", "ignore"),
         "heartbeat_timeout",
         75,
-        hb(grace="0.5"),
+        # SIGTERM is ignored before the first beat: a slow start must not be the hang.
+        (*hb(grace="0.5"), *SLOW_START),
         signal="SIGKILL",
     ),
     Scenario(
@@ -824,7 +834,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         child("hang"),
         "heartbeat_timeout",
         75,
-        hb(),
+        (*hb(), *SLOW_START),
         launcher="clock-86400",
         check=clock_jumped_and(detail_has("(timeout 1s)")),
     ),
@@ -909,6 +919,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         signal="SIGTERM",
         keep_stdout=False,
         check=chatty_job_streamed,
+    ),
+    Scenario(
+        # The fatal line is cut between two reads, after a 3 MiB line without newlines.
+        "fatal-line-split-across-reads",
+        child("fatal-split-across-reads"),
+        "cuda_error",
+        75,
+        ("--grace", "1"),
+        signal="SIGTERM",
+        check=split_fatal_line_found,
     ),
     # --- bad input (issue 13: faults 9, 10, 12, 13, 16) ----------------------------------
     # A NaN grace never reaches SIGKILL: the stop loop spun forever.

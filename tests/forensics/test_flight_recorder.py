@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,17 +51,32 @@ def test_the_collective_rank_1_never_joined_is_named(skyguard: SkyguardRunner) -
     # The stacks, captured before the stop, name where each rank waits.
     assert "in time.sleep at fr_job.py:" in record["forensics"]["summary"]
 
-    # A rank that left no dump is named as such; dumps of an earlier attempt are not this one's.
-    only_rank_0 = skyguard.tmp_path / "dumps"
-    only_rank_0.mkdir()
-    shutil.copy(copied / "rank_0", only_rank_0 / "rank_0")
-    env = {"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(only_rank_0 / "rank_")}
-    out = skyguard.tmp_path / "analysis"
-    assert flight.analyse(env, 0.0, out, 60.0) == (
-        f"flight recorder: last collective all_reduce #4 (default_pg) at fr_job.py:{reduce} "
-        "(rank_main), scheduled; no dump from rank 1"
+    # Dumps older than the attempt are not this attempt's: nothing to analyse.
+    env = {"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(copied / "rank_")}
+    assert flight.analyse(env, 4e9, skyguard.tmp_path / "later", 60.0) is None
+
+
+def test_a_rank_that_left_no_dump_is_named() -> None:
+    # What the analyser (frtrace) reports when rank 1's dump is missing, as one line.
+    result = {
+        "ranks": [0],
+        "expected": [0, 1],
+        "stuck": {
+            "name": "all_reduce",
+            "seq": 4,
+            "group": "0:default_pg",
+            "state": "scheduled",
+            "missing": [],
+            "where": "train.py:70 (_run_epoch)",
+        },
+    }
+    assert flight.describe(result) == (
+        "flight recorder: last collective all_reduce #4 (default_pg) at train.py:70 "
+        "(_run_epoch), scheduled; no dump from rank 1"
     )
-    assert flight.analyse(env, 4e9, out, 60.0) is None
+    assert flight.describe({"ranks": [0, 1], "expected": [0, 1], "stuck": None}) == (
+        "flight recorder: no collective recorded"
+    )
 
 
 def test_the_entry_keeps_the_line_through_the_record() -> None:

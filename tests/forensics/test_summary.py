@@ -44,6 +44,17 @@ def test_the_heartbeat_suspect_wins_over_the_shape_of_the_stacks() -> None:
     )
 
 
+def test_a_rank_in_a_recv_never_joined_the_collective_the_others_wait_in() -> None:
+    in_recv = _stack(("recv", TORCH, 2800), ("main", "/job/worker.py", 133))
+    assert summarize([_at(0, IN_ALL_REDUCE), _at(1, in_recv)]) == (
+        "rank 1 (pid 4001) in recv at worker.py:133 (main); "
+        "rank 0: in all_reduce at train.py:70 (_run_epoch)"
+    )
+    # All in send/recv (a pipeline): no collective to have missed, nobody singled out.
+    in_send = _stack(("send", TORCH, 2700), ("main", "/job/worker.py", 120))
+    assert summarize([_at(0, in_send), _at(1, in_recv)]).startswith("rank 0: in send")
+
+
 def test_the_smallest_group_is_odd_when_all_wait_in_collectives() -> None:
     results = [_at(rank, IN_ALL_REDUCE) for rank in range(9)] + [_at(9, IN_BARRIER)]
     summary = summarize(results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,15 @@ def test_registry_builds_only_enabled_monitors(tmp_path: Path) -> None:
     names = [m.name for m in build_monitors(MonitorSetup(full, 0))]
     assert names == ["HeartbeatMonitor", "MaxRuntimeMonitor", "LogPatternMonitor"]
     assert len(MONITOR_FACTORIES) == 4  # + GpuMonitor, off without NVML
+
+
+def test_heartbeat_reads_output_only_with_a_progress_pattern(tmp_path: Path) -> None:
+    """Without --progress-pattern a chatty job's output is not split for it at all."""
+    assert not HeartbeatMonitor(tmp_path / "hb", timeout=10).reads_output
+    monitor = HeartbeatMonitor(tmp_path / "hb", timeout=10, progress=re.compile(r"^step \d+"))
+    assert monitor.reads_output
+    monitor.start(0.0)
+    monitor.observe_output(b"loading\nnot step 3\nstep x")
+    assert monitor._line_beat is None
+    monitor.observe_output(b"loading\n\xffinvalid\nstep 42 loss 0.1\nmore")
+    assert monitor._line_beat is not None

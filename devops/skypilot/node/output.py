@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,16 +29,20 @@ _READ_SIZE = 1 << 20
 _MAX_LINE = 65536
 #: How long to wait for the output pipes to drain after the tree is gone.
 _DRAIN_TIMEOUT = 2.0
-#: How far the attempt log may fall behind the output before it is given up: a log
-#: on a hung bucket mount costs this much memory at most, never the copy.
+#: How far the attempt log may fall behind the output: a reader with more queued
+#: waits for the log (back-pressure, as ``| tee`` gives), so a slow disk loses no byte
+#: and memory stays bounded.
 _MAX_BACKLOG = 16 << 20
+#: A log that wrote nothing for this long while the backlog was full (a hung bucket
+#: mount) is given up: the copy goes on without it, never blocked again.
+_STALL = 10.0
 #: Kept free beside the attempt log for the termination record (~180 attempts of history).
 RESERVE_FILE = ".record-reserve"
 RESERVE_BYTES = 65536
 
-#: Takes whole lines of output joined by newlines (no trailing newline): every line
-#: completed by one read, or one piece of a line cut at ``_MAX_LINE``.
-LineSink = Callable[[str], None]
+#: Takes whole lines of output joined by newlines (no trailing newline), as the command
+#: wrote them: every line completed by one read, or one piece of a line cut at ``_MAX_LINE``.
+LineSink = Callable[[bytes], None]
 
 
 class _Tee(threading.Thread):
@@ -67,23 +72,30 @@ class _Tee(threading.Thread):
 
     def run(self) -> None:
         _grow_pipe(self._source_fd)
+        # One buffer for every read: a fresh MiB per read (os.read) and per slice of it
+        # churns the allocator (mmap-sized blocks, page faults) and cost more CPU than
+        # the copy itself once the monitors read the output.
+        buffer = bytearray(_READ_SIZE)
+        view = memoryview(buffer)
         try:
-            while chunk := os.read(self._source_fd, _READ_SIZE):
+            while size := os.readv(self._source_fd, [buffer]):
                 # The monitors first: a log write stalled on a slow bucket mount (or a
                 # slow reader of our stdout) must not keep a fatal line from them past
                 # the drain, or a retryable end is decided as the command's own failure.
                 if self._sink is not None:
-                    self._lines(chunk)
-                self._forward(chunk)
-                self._log.write(chunk)
+                    self._lines(buffer, size)
+                self._forward(view[:size])
+                # The log thread queues what it is given: a copy, as the buffer is
+                # read into again.
+                self._log.write(bytes(view[:size]))
             if self._pending and self._sink is not None:
-                self._sink(_text(self._pending))
+                self._sink(self._pending)
         except OSError as error:
             logger.warning("skyguard: output reader stopped: %s", error)
         finally:
             self._source.close()
 
-    def _forward(self, chunk: bytes) -> None:
+    def _forward(self, chunk: memoryview) -> None:
         if not self._target_open:
             return
         try:
@@ -94,24 +106,35 @@ class _Tee(threading.Thread):
             # Our own stdout went away; keep draining the command so it never blocks.
             self._target_open = False
 
-    def _lines(self, chunk: bytes) -> None:
-        """Hand the monitors every line this chunk completes, as one block."""
-        assert self._sink is not None
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            rest = self._pending + chunk
-        else:
-            whole = memoryview(chunk)[:end]
-            self._sink(_text(self._pending + whole if self._pending else whole))
-            rest = chunk[end + 1 :]
-        while len(rest) > _MAX_LINE:
-            self._sink(_text(rest[:_MAX_LINE]))
-            rest = rest[_MAX_LINE:]
-        self._pending = rest
+    def _lines(self, buffer: bytearray, size: int) -> None:
+        """Hand the monitors every line the read of ``size`` bytes into ``buffer``
+        completes, as blocks of whole lines (bytes copies: the buffer is read into again).
 
-
-def _text(data: bytes | memoryview) -> str:
-    return str(data, "utf-8", "replace")
+        The unfinished line is joined to the read's first line only, or to the rest of
+        a piece of ``_MAX_LINE``, never to the whole read (a MiB copied twice)."""
+        sink, pending = self._sink, self._pending
+        assert sink is not None
+        position = 0
+        end = buffer.rfind(b"\n", 0, size)
+        if end >= 0:
+            if pending:
+                first = buffer.find(b"\n", 0, size)
+                sink(pending + buffer[:first])
+                position = first + 1
+            if position <= end:
+                sink(bytes(memoryview(buffer)[position:end]))
+            position = end + 1
+        elif pending:
+            room = _MAX_LINE - len(pending)
+            if size <= room:
+                self._pending = pending + buffer[:size]
+                return
+            sink(pending + buffer[:room])
+            position = room
+        while size - position > _MAX_LINE:
+            sink(bytes(buffer[position : position + _MAX_LINE]))
+            position += _MAX_LINE
+        self._pending = bytes(buffer[position:size])
 
 
 def _grow_pipe(fd: int) -> None:
@@ -137,6 +160,9 @@ class AttemptLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        #: When the writer last finished a write (monotonic): progress, or a stall.
+        self._progress_at = time.monotonic()
         self._backlog: deque[bytes] = deque()
         self._backlog_bytes = 0
         self._closing = False
@@ -155,12 +181,19 @@ class AttemptLog:
         self._writer.start()
 
     def write(self, chunk: bytes) -> None:
-        """Queue ``chunk`` for the log; never blocks on the disk, never raises."""
+        """Queue ``chunk`` for the log; never raises. Waits while the backlog is full
+        and the log still makes progress; a log stalled for ``_STALL`` is given up."""
         with self._lock:
+            waiting_since = time.monotonic()
+            while self._backlog and self._backlog_bytes + len(chunk) > _MAX_BACKLOG:
+                if self.problem is not None or self._closing:
+                    break
+                stalled = time.monotonic() - max(self._progress_at, waiting_since)
+                if stalled >= _STALL:
+                    self._fail(f"its storage stalled {self._backlog_bytes} bytes behind")
+                    break
+                self._drained.wait(_STALL - stalled)
             if self.problem is not None or self._closing:
-                return
-            if self._backlog_bytes + len(chunk) > _MAX_BACKLOG:
-                self._fail(f"its storage stalled {self._backlog_bytes} bytes behind")
                 return
             self._backlog.append(chunk)
             self._backlog_bytes += len(chunk)
@@ -173,24 +206,31 @@ class AttemptLog:
                     self._queued.wait()
                 if not self._backlog:
                     return
-                chunk = self._backlog.popleft()
-                self._backlog_bytes -= len(chunk)
+                chunk = self._backlog[0]
             view = memoryview(chunk)
             try:
                 while view:
                     done = os.write(self._fd, view)
                     self._written += done
+                    self._progress_at = time.monotonic()
                     view = view[done:]
             except OSError as error:
                 with self._lock:
                     self._fail(error.strerror or str(error))
                 return
+            with self._lock:
+                if self._backlog and self._backlog[0] is chunk:  # not dropped by _fail
+                    self._backlog.popleft()
+                    self._backlog_bytes -= len(chunk)
+                self._drained.notify_all()
 
     def _fail(self, why: str) -> None:
         """Called with the lock held: the log ends here."""
         if self.problem is not None:
             return
         self._backlog.clear()
+        self._backlog_bytes = 0
+        self._drained.notify_all()
         self.problem = (
             f"attempt log incomplete: {self.path.name} stops after {self._written} bytes "
             f"({why}); the command's output went on to stdout/stderr"
@@ -198,15 +238,21 @@ class AttemptLog:
         logger.warning("skyguard: %s", self.problem)
 
     def close(self) -> None:
-        """Write out what is queued (bounded: a stalled write is given up), then close."""
+        """Write out what is queued, then close. Bounded: a write that made no progress
+        for ``_DRAIN_TIMEOUT`` is given up (a slow disk still gets the whole backlog)."""
         with self._lock:
             self._closing = True
             self._queued.notify()
-        self._writer.join(_DRAIN_TIMEOUT)
-        if self._writer.is_alive():  # stuck in a write: it keeps the descriptor
-            with self._lock:
-                self._fail("its storage stalled")
-        else:
+            self._drained.notify_all()
+        while True:
+            self._writer.join(_DRAIN_TIMEOUT)
+            if not self._writer.is_alive():
+                break
+            if time.monotonic() - self._progress_at > _DRAIN_TIMEOUT:
+                with self._lock:  # stuck in a write: it keeps the descriptor
+                    self._fail("its storage stalled")
+                break
+        if not self._writer.is_alive():
             try:
                 os.close(self._fd)  # NFS and FUSE report a failed flush here
             except OSError as error:

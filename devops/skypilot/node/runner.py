@@ -364,16 +364,16 @@ def _with_stacks(detail: str, forensics: Forensics | None) -> str:
 
 def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
     """What the command's lines are fed to; None when no monitor reads them (then
-    they are not even decoded). The list is read live: a disabled monitor drops out."""
+    they are not even split). The list is read live: a disabled monitor drops out."""
     if not any(monitor.reads_output for monitor in monitors):
         return None
     return lambda block: _feed(monitors, block)
 
 
-def _feed(monitors: Sequence[Monitor], block: str) -> None:
+def _feed(monitors: Sequence[Monitor], block: bytes) -> None:
     for monitor in monitors:
         if monitor.reads_output:
-            _safely(monitor, "observe_lines", block)
+            _safely(monitor, "observe_output", block)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

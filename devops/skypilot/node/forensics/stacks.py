@@ -23,6 +23,8 @@ COLLECTIVE = re.compile(
     r"all_reduce|all_gather|reduce_scatter|broadcast|barrier|all_to_all|"
     r"send|recv|wait|_sync_params|backward|monitored_barrier",
 )
+#: Of those, the point-to-point ones: a rank here waits for one peer, not in the group's collective.
+POINT_TO_POINT = re.compile(r"^i?(?:send|recv)$")
 _FAULTHANDLER_FRAME = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+) in (?P<name>.*)$')
 
 
@@ -60,6 +62,11 @@ class Stack:
 
     def in_collective(self) -> bool:
         return any(COLLECTIVE.search(frame.function) for frame in self.frames[:3])
+
+    def in_point_to_point(self) -> bool:
+        """Waiting in a ``send``/``recv`` (the innermost waiting frame is one)."""
+        waits = [frame for frame in self.frames[:3] if COLLECTIVE.search(frame.function)]
+        return bool(waits) and POINT_TO_POINT.match(waits[0].function) is not None
 
     def signature(self) -> tuple[tuple[str, str, int], ...]:
         """Equal for processes stuck at the same place."""

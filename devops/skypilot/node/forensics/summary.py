@@ -8,7 +8,9 @@ all_reduce at train.py:70 (_run_epoch)``. Which group is odd, in order:
 1. the one holding a rank the heartbeat monitor saw stop first, when it knows;
 2. else the groups not waiting in a collective, when some are (the others wait
    for them);
-3. else the smallest group(s), when the groups differ in size.
+3. else, all waiting, the groups in a point-to-point ``send``/``recv`` while the
+   others wait in a collective (they never joined it);
+4. else the smallest group(s), when the groups differ in size.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def _odd(groups: list[list[Captured]], suspects: Collection[int]) -> list[list[C
     waiting = [g for g in groups if g[0].stack is not None and g[0].stack.in_collective()]
     if waiting and len(waiting) < len(groups):
         return [g for g in groups if g not in waiting]
+    # All wait, some in a send/recv while the others wait in a collective: those never
+    # joined the collective the others wait in (a desync), so they are the odd ones.
+    peer = [g for g in waiting if g[0].stack is not None and g[0].stack.in_point_to_point()]
+    if peer and len(peer) < len(groups):
+        return peer
     smallest = min(len(g) for g in groups)
     if smallest < max(len(g) for g in groups):
         return [g for g in groups if len(g) == smallest]

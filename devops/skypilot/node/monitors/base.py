@@ -47,12 +47,20 @@ class Monitor(ABC):
         for line in block.split("\n"):
             self.observe_line(line)
 
+    def observe_output(self, block: bytes) -> None:
+        """The same block as the command wrote it, undecoded (UTF-8, maybe invalid):
+        what the runner calls. The default decodes it (invalid bytes replaced) for
+        :meth:`observe_lines`; a monitor that searches bytes skips the decoding."""
+        self.observe_lines(str(block, "utf-8", "replace"))
+
     @property
     def reads_output(self) -> bool:
         """Whether this monitor looks at the command's output at all."""
         own = type(self)
-        return own.observe_line is not Monitor.observe_line or (
-            own.observe_lines is not Monitor.observe_lines
+        return (
+            own.observe_line is not Monitor.observe_line
+            or own.observe_lines is not Monitor.observe_lines
+            or own.observe_output is not Monitor.observe_output
         )
 
     def explain(self) -> Verdict | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.monitors.beat_gaps import Gaps, derive, load_gaps, save_gaps
+from devops.skypilot.node.monitors.line_scan import LineScan
 from devops.skypilot.node.monitors.rank_beats import RankBeats, never_beat
 from devops.skypilot.node.monitors.setup import MonitorSetup
 
@@ -54,6 +55,7 @@ class HeartbeatMonitor(Monitor):
         self.ranks = RankBeats(path)
         #: ``--progress-pattern``: an output line matching it is a beat.
         self.progress = progress
+        self._scan = LineScan([(progress, ())]) if progress is not None else None
         #: When the last matching line was read (monotonic; written by the reader threads).
         self._line_beat: float | None = None
         self._file_beat = False
@@ -103,9 +105,24 @@ class HeartbeatMonitor(Monitor):
         self._error = None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
+    @property
+    def reads_output(self) -> bool:
+        # Only with --progress-pattern: otherwise not one byte of a chatty job's
+        # output is split or decoded for this monitor.
+        return self.progress is not None
+
     def observe_line(self, line: str) -> None:
         # One float assignment: safe from the reader threads without a lock.
         if self.progress is not None and self.progress.search(line):
+            self._line_beat = time.monotonic()
+
+    def observe_output(self, block: bytes) -> None:
+        """A block is a beat if any of its lines matches: the candidates of one
+        MULTILINE search over the block, each confirmed on its own line."""
+        if self._scan is not None and any(
+            self.progress is not None and self.progress.search(line)
+            for _, line in self._scan.candidates(block)
+        ):
             self._line_beat = time.monotonic()
 
     def _deadline(self) -> float:

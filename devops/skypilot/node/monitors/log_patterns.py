@@ -103,9 +103,10 @@ class LogPatternMonitor(Monitor):
         self._env = env or {}
         self._lock = threading.Lock()
         self._stop: Verdict | None = None
-        #: The latest matching line of any action, and its line number.
-        self._last: tuple[Verdict, int] | None = None
-        self._lines = 0
+        #: The latest matching line of any action, and how many lines came after it
+        #: (counted only up to ``EXPLAIN_WINDOW + 1``: past that it explains nothing).
+        self._last: Verdict | None = None
+        self._after = 0
         self._scan = LineScan((entry.pattern, entry.needles) for entry in self.patterns)
 
     @classmethod
@@ -116,28 +117,39 @@ class LogPatternMonitor(Monitor):
     def observe_line(self, line: str) -> None:
         found = self._classify(line)
         with self._lock:  # two reader threads (stdout, stderr) call this
-            self._lines += 1
             if found is None:
+                if self._last is not None:
+                    self._after += 1
                 return
             entry, verdict = found
-            self._last = (verdict, self._lines)
+            self._last, self._after = verdict, 0
             if entry.action is Action.STOP and self._stop is None:
                 self._stop = verdict
 
     def observe_lines(self, block: str) -> None:
-        """A block at a time: only the lines the scan finds are classified, so the
-        verdicts are those of :meth:`observe_line` on every line, at C speed."""
-        found = [(index, self._classify(line)) for index, line in self._scan.candidates(block)]
+        self.observe_output(block.encode("utf-8", "surrogatepass"))
+
+    def observe_output(self, block: bytes) -> None:
+        """A block at a time, undecoded: only the lines the scan finds are decoded and
+        classified, so the verdicts are those of :meth:`observe_line` on every line,
+        at C speed. The block's lines are counted only where a verdict may need it."""
+        found = [
+            (index, result)
+            for index, line in self._scan.candidates(block)
+            if (result := self._classify(line)) is not None
+        ]
         with self._lock:
-            first = self._lines
-            self._lines += block.count("\n") + 1
-            for index, result in found:
-                if result is None:
-                    continue
-                entry, verdict = result
-                self._last = (verdict, first + index + 1)
+            if not found and (self._last is None or self._after > EXPLAIN_WINDOW):
+                return
+            lines = block.count(b"\n") + 1
+            if not found:
+                self._after += lines
+                return
+            for _, (entry, verdict) in found:
                 if entry.action is Action.STOP and self._stop is None:
                     self._stop = verdict
+            index, (_, self._last) = found[-1]
+            self._after = lines - index - 1
 
     def _classify(self, line: str) -> tuple[LogPattern, Verdict] | None:
         for entry in self.patterns:
@@ -158,6 +170,6 @@ class LogPatternMonitor(Monitor):
         with self._lock:
             if self._stop is not None:
                 return self._stop
-            if self._last is not None and self._lines - self._last[1] <= EXPLAIN_WINDOW:
-                return self._last[0]
+            if self._last is not None and self._after <= EXPLAIN_WINDOW:
+                return self._last
             return None

@@ -75,6 +75,11 @@ _STICKY_CUDA = (
     r"|uncorrectable ECC error encountered)"
 )
 
+#: Needles are the longest literal every match holds, not a word: they are searched
+#: for in every byte of output (``line_scan.py``), and one that is common in healthy
+#: output ("GPU", "CUDA") makes its every line be classified in Python.
+_WATCHDOG_TIMEOUT = "Watchdog caught collective operation timeout: WorkNCCL("
+
 #: torch's NCCL watchdog (ProcessGroupNCCL). With the default error handling it
 #: tears the process down after these lines; a ``rank`` group puts that rank's
 #: flight recorder dump path in the detail.
@@ -83,10 +88,10 @@ WATCHDOG_PATTERNS: tuple[LogPattern, ...] = (
     LogPattern.of(
         r"\bRank (?P<rank>\d+)\] Watchdog caught collective operation timeout: WorkNCCL\(",
         _NCCL,
-        needle="Watchdog caught",
+        needle=_WATCHDOG_TIMEOUT,
     ),
     LogPattern.of(
-        r"Watchdog caught collective operation timeout: WorkNCCL\(", _NCCL, needle="Watchdog"
+        r"Watchdog caught collective operation timeout: WorkNCCL\(", _NCCL, needle=_WATCHDOG_TIMEOUT
     ),
     # [PG ID 0 PG GUID 0(default_pg) Rank 1] Exception (either an error or timeout)
     # detected by watchdog at work: 808, ... / [Rank 1]  failure detected by watchdog ...
@@ -94,31 +99,39 @@ WATCHDOG_PATTERNS: tuple[LogPattern, ...] = (
         r"\bRank (?P<rank>\d+)\]\s+(?:Exception \(either an error or timeout\)|failure) "
         r"detected by watchdog at work",
         _NCCL,
-        needle="detected by watchdog",
+        needle=(
+            "Exception (either an error or timeout) detected by watchdog at work",
+            "failure detected by watchdog at work",
+        ),
     ),
     LogPattern.of(
         r"ProcessGroupNCCL's watchdog got stuck for \d+ seconds without making progress",
         _NCCL,
-        needle="watchdog got stuck",
+        needle="ProcessGroupNCCL's watchdog got stuck for ",
     ),
     LogPattern.of(
-        r"Heartbeat monitor timed out! Process will be terminated", _NCCL, needle="Heartbeat"
+        r"Heartbeat monitor timed out! Process will be terminated",
+        _NCCL,
+        needle="Heartbeat monitor timed out! Process will be terminated",
     ),
     LogPattern.of(
         r"Some NCCL operations have failed or timed out\. Due to the asynchronous nature",
         _NCCL,
-        needle="Some NCCL operations",
+        needle="Some NCCL operations have failed or timed out",
     ),
     LogPattern.of(
         r"To avoid (?:data|this) inconsistency, we are taking the entire process down",
         _NCCL,
-        needle="taking the entire process down",
+        needle=" inconsistency, we are taking the entire process down",
     ),
     LogPattern.of(
         r"Received a dump signal due to a collective timeout from|Terminating the process "
         r"after attempting to dump debug info",
         _NCCL,
-        needle="dump",
+        needle=(
+            "Received a dump signal due to a collective timeout from",
+            "Terminating the process after attempting to dump debug info",
+        ),
     ),
 )
 
@@ -130,54 +143,68 @@ DEFAULT_PATTERNS: tuple[LogPattern, ...] = (
     LogPattern.of(
         rf"(?:CUDA error: |Triton Error \[CUDA\]: |Cuda failure (?:\d+ )?'){_STICKY_CUDA}",
         _CUDA,
-        needle=("CUDA", "Cuda"),
+        needle=("CUDA error: ", "Triton Error [CUDA]: ", "Cuda failure "),
     ),
     # NVRM: Xid (PCI:0000:2b:00): 79, GPU has fallen off the bus.
     LogPattern.of(
-        rf"NVRM: Xid \({_PCI}\): (?:{'|'.join(map(str, FATAL_XIDS))}),", _CUDA, needle="NVRM"
+        rf"NVRM: Xid \({_PCI}\): (?:{'|'.join(map(str, FATAL_XIDS))}),", _CUDA, needle="NVRM: Xid ("
     ),
     # NVRM: GPU at 0000:01:00.0 has fallen off the bus. / NVRM: GPU 0000:2b:00.0: GPU has ...
     LogPattern.of(
-        rf"NVRM: GPU (?:at )?{_PCI}:? (?:GPU )?has fallen off the bus", _CUDA, needle="NVRM"
+        rf"NVRM: GPU (?:at )?{_PCI}:? (?:GPU )?has fallen off the bus", _CUDA, needle="NVRM: GPU "
     ),
     # nvidia-smi: Unable to determine the device handle for GPU 0000:02:00.0: GPU is lost.
     LogPattern.of(
         r"Unable to determine the device handle for GPU ?[0-9A-Fa-f:.]+: GPU is lost"
         r"|\bNVMLError_GpuIsLost\b",
         _CUDA,
-        needle="GPU",
+        needle=("GPU is lost", "NVMLError_GpuIsLost"),
     ),
     # --- explain only: often fatal, yet a program may catch it or retry ----------------
     # torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; ...)
     LogPattern.of(
-        r"CUDA out of memory\. |CUDA error: out of memory", _CUDA, _EXPLAIN, needle="out of memory"
+        r"CUDA out of memory\. |CUDA error: out of memory",
+        _CUDA,
+        _EXPLAIN,
+        needle=("CUDA out of memory. ", "CUDA error: out of memory"),
     ),
     # torch.distributed.DistBackendError: NCCL error in: .../ProcessGroupNCCL.cpp:1970,
     # unhandled system error ...; older: NCCL error: unhandled system error, NCCL version
     LogPattern.of(r"\bNCCL error(?: in: \S+:\d+|: )", _NCCL, _EXPLAIN, needle="NCCL error"),
     LogPattern.of(
-        r"\bnccl(?:Internal|System|UnhandledCuda|Remote)Error\b", _NCCL, _EXPLAIN, needle="nccl"
+        r"\bnccl(?:Internal|System|UnhandledCuda|Remote)Error\b",
+        _NCCL,
+        _EXPLAIN,
+        needle=tuple(
+            f"nccl{kind}Error" for kind in ("Internal", "System", "UnhandledCuda", "Remote")
+        ),
     ),
     LogPattern.of(
-        r"NCCL communicator was aborted on rank \d+", _NCCL, _EXPLAIN, needle="communicator"
+        r"NCCL communicator was aborted on rank \d+",
+        _NCCL,
+        _EXPLAIN,
+        needle="NCCL communicator was aborted on rank ",
     ),
     # NCCL WARN NET/IB : Got completion from peer 10.0.0.2<54862> with status=12 opcode=0 ...
     LogPattern.of(
         r"NET/IB\w* ?: ?Got completion from peer \S+ with (?:status=|error )\d+",
         _NCCL,
         _EXPLAIN,
-        needle="Got completion",
+        needle="Got completion from peer ",
     ),
     # NCCL WARN Cuda failure 'out of memory' (the sticky ones stop, above)
-    LogPattern.of(r"Cuda failure (?:\d+ )?'[^']+'", _CUDA, _EXPLAIN, needle="Cuda failure"),
-    LogPattern.of(rf"NVRM: Xid \({_PCI}\): \d+,", _CUDA, _EXPLAIN, needle="NVRM"),
+    LogPattern.of(r"Cuda failure (?:\d+ )?'[^']+'", _CUDA, _EXPLAIN, needle="Cuda failure "),
+    LogPattern.of(rf"NVRM: Xid \({_PCI}\): \d+,", _CUDA, _EXPLAIN, needle="NVRM: Xid ("),
     LogPattern.of(
-        r"uncorrectable ECC error encountered", _CUDA, _EXPLAIN, needle="uncorrectable ECC"
+        r"uncorrectable ECC error encountered",
+        _CUDA,
+        _EXPLAIN,
+        needle="uncorrectable ECC error encountered",
     ),
     LogPattern.of(
         r"Unable to determine the device handle for GPU ?[0-9A-Fa-f:.]+: Unknown Error",
         _CUDA,
         _EXPLAIN,
-        needle="device handle",
+        needle="Unable to determine the device handle for GPU",
     ),
 )
