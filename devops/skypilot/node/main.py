@@ -112,7 +112,7 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
 
 
 def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
-    def preflight(stop: Callable[[], bool]) -> Verdict | None:
+    def preflight(stop: Callable[[], bool], env: Mapping[str, str]) -> Verdict | None:
         from devops.skypilot.node.nccl import preflight as nccl
         from devops.skypilot.node.nccl.results import PreflightOptions
 
@@ -121,7 +121,9 @@ def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
             min_busbw_gbps=config.preflight_min_busbw,
             json_path=config.state_dir / nccl.RESULT_FILE,
         )
-        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1, stop=stop)
+        result = nccl.run_preflight(
+            sky, options, master_port=config.master_port + 1, stop=stop, env=env
+        )
         return result.verdict()
 
     return preflight
