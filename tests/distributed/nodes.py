@@ -108,6 +108,7 @@ def child_main(argv: list[str]) -> int:
             task_id=sky.task_id or "",
         )
         observer.on_end(ctx, termination)
+        observer.close()  # as the runner does, after every observer's on_end
         _emit("ended", reason=decision.reason.value, exit_code=decision.exit_code)
         return decision.exit_code
 

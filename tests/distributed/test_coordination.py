@@ -6,13 +6,20 @@ import json
 import logging
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devops.skypilot.common.termination import EXIT_RETRY, Outcome, TerminationReason, decide
+from devops.skypilot.common.termination import (
+    EXIT_RETRY,
+    Outcome,
+    TerminationReason,
+    decide,
+    node_exit_code,
+)
 from devops.skypilot.node.coordination import coordination_from_env
 from devops.skypilot.node.coordination import head as coordination_head
 from devops.skypilot.node.coordination import protocol as coordination_protocol
@@ -313,7 +320,7 @@ def test_the_derived_secret_is_shared_by_the_nodes_of_one_allocation() -> None:
 
 
 def test_first_decision_wins_and_successes_decide_nothing() -> None:
-    board = coordination_head._Board()
+    board = coordination_head._Board(4)
     done = NodeEnd(3, TerminationReason.COMPLETED, 0, "command exited 0")
     first = NodeEnd(
         1, TerminationReason.NCCL_ERROR, 75, "Watchdog caught collective operation timeout"
@@ -323,6 +330,11 @@ def test_first_decision_wins_and_successes_decide_nothing() -> None:
     assert board.end(first) == first
     assert board.end(later) == first
     assert set(board.ends) == {1, 2, 3}
+    board.end(NodeEnd(0, TerminationReason.PEER_FAILED, 75, "node 1 ended"))
+    assert board.wait_all_ended(0)
+    assert not board.settled() and not board.state()["settled"], "the head has not closed"
+    board.close()
+    assert board.settled() and board.state()["settled"], "the head is done: the barrier opens"
 
 
 def test_each_request_number_counts_once_and_late_ones_pass_within_the_window() -> None:
@@ -392,3 +404,60 @@ def test_long_details_are_truncated() -> None:
         {"node": 0, "reason": "nccl_error", "exit_code": 75, "detail": "x" * 10_000}, num_nodes=1
     )
     assert len(end.detail) == 1000
+
+
+def test_a_node_whose_own_end_lost_the_race_exits_with_the_decision(tmp_path: Path) -> None:
+    """Two nodes end on their own at once: node 0's crash (final) reaches the board
+    first, node 1's hang (75) second. Node 1 exits 3 as well: on Slurm srun reports
+    the highest code of all nodes, and a 75 anywhere would restart a crashed job."""
+    port = reserve_port()
+    base = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1"}
+    secret = {SECRET_VAR: SECRET}
+    config = CoordinationConfig(port=port, linger=60.0, unreachable_timeout=30.0)
+    head = coordination_from_env(
+        from_env({**base, "SKYPILOT_NODE_RANK": "0"}), tmp_path / "0", config=config, env=secret
+    )
+    worker = coordination_from_env(
+        from_env({**base, "SKYPILOT_NODE_RANK": "1"}), tmp_path / "1", config=config, env=secret
+    )
+    assert head is not None and worker is not None
+    crash = NodeEnd(0, TerminationReason.JOB_FAILED, 3, "command exited 3")
+    hang = NodeEnd(1, TerminationReason.HEARTBEAT_TIMEOUT, EXIT_RETRY, "no heartbeat")
+    answers: dict[str, NodeEnd | None] = {}
+    try:
+        head[0].coordinator.start()
+        worker[0].coordinator.start()
+        # The head waits at the exit barrier until the worker's end is in.
+        waiting = threading.Thread(
+            target=lambda: answers.update(head=head[0].coordinator.report_end(crash))
+        )
+        waiting.start()
+        deadline = time.monotonic() + 10  # a guard against hanging, not a speed check
+        while head[0].coordinator.decision is None:
+            assert time.monotonic() < deadline, "the head never took its own end"
+            time.sleep(0.01)
+        assert waiting.is_alive(), "the head left the barrier before the worker ended"
+        reporting = threading.Thread(
+            target=lambda: answers.update(worker=worker[0].coordinator.report_end(hang))
+        )
+        reporting.start()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive(), "every node ended: the head's wait is over"
+        assert reporting.is_alive(), "the worker waits at the barrier until the head is done"
+        head[0].close()  # the head has notified: the barrier opens
+        reporting.join(timeout=30)  # a guard against hanging, not a speed check
+        assert not reporting.is_alive()
+        worker[0].job_decision = answers["worker"]
+        assert answers["head"] == crash and worker[0].job_decision == crash
+        assert worker[0].exit_code(EXIT_RETRY) == 3
+        assert worker[0].exit_code(0) == 0, "a node that ended well lowers nothing"
+    finally:
+        head[0].close()
+        worker[0].close()
+
+
+def test_a_node_s_exit_code_is_the_decision_s() -> None:
+    assert node_exit_code(EXIT_RETRY, 3) == 3
+    assert node_exit_code(1, EXIT_RETRY) == EXIT_RETRY
+    assert node_exit_code(0, EXIT_RETRY) == 0
+    assert node_exit_code(EXIT_RETRY, None) == EXIT_RETRY

@@ -77,3 +77,34 @@ def test_a_head_killed_with_sigkill_stops_the_workers(runners: RunnerCluster) ->
     for rank in (1, 2):
         detail = runners.record(rank)["detail"]
         assert detail.startswith(f"head node 0 (127.0.0.1:{runners.coord_port}) unreachable")
+
+
+def test_no_node_exits_before_every_node_ended_and_srun_reads_the_decision(
+    runners: RunnerCluster,
+) -> None:
+    """SkyPilot's Slurm path, as measured with ``srun --kill-on-bad-exit``: the first
+    node to exit non-zero has the others SIGTERMed at once, and srun reports the highest
+    code of all nodes. Node 1 crashes; node 2 takes 2 s to stop its command. Were node 1
+    to exit first, the SIGTERM would reach node 2 mid-stop; here nobody exits until
+    every node's end is recorded, and the SIGTERM after the first exit changes nothing."""
+    slow_stop = ["bash", "-c", "trap 'sleep 2; exit 0' TERM; sleep 120 & wait"]
+    runners.start(3, {1: ((), [PYTHON, *CHILDREN, "exit", "3"]), 2: ((), slow_stop)})
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + 90  # a guard against hanging
+    while not codes:
+        assert time.monotonic() < deadline, "no node ever exited"
+        codes = {r: p.returncode for r, p in runners.processes.items() if p.poll() is not None}
+        time.sleep(0.01)
+    ended = {r: (runners.state_dir(r) / "termination.json").is_file() for r in range(3)}
+    assert all(ended.values()), f"node(s) exited {codes} while others were still ending: {ended}"
+    # slurmstepd's step cancel: SIGTERM to every process of the nodes still running.
+    for process in runners.processes.values():
+        if process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                tree = psutil.Process(process.pid)
+                for member in [tree, *tree.children(recursive=True)]:
+                    member.send_signal(signal.SIGTERM)
+    codes = runners.wait()
+    assert codes == {0: 3, 1: 3, 2: 3}, {r: runners.output(r)[-2000:] for r in codes}
+    assert max(codes.values()) == 3, "what srun would report: the crash, not a retry"
+    assert runners.record(2)["reason"] == "peer_failed"

@@ -79,11 +79,13 @@ class Cluster:
         env["PATH"] = f"{self.python.parent}:{env.get('PATH', '')}"
         return env
 
-    def run(self, argv: Sequence[str], timeout: float = 600.0, check: bool = True) -> str:
-        """Run a client command from the repo root; its stdout."""
+    def run(
+        self, argv: Sequence[str], timeout: float = 600.0, check: bool = True, cwd: Path = REPO
+    ) -> str:
+        """Run a client command (from the repo root by default); its stdout."""
         result = subprocess.run(
             list(argv),
-            cwd=REPO,
+            cwd=cwd,
             env=self.env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -186,10 +188,19 @@ class Jobs:
         self.cluster = cluster
         self.jobs: dict[str, Job] = {}
 
-    def submit(self, key: str, *argv: str) -> None:
+    def submit(self, key: str, *argv: str, repo: Path | None = None) -> None:
+        """``skyguard launch`` from this checkout, or with ``repo``: the client's
+        ``skyguard`` script run in that repository, as a user runs it in theirs."""
         name = f"e2e-{key}-{self.cluster.session}"
         started, started_wall = time.monotonic(), time.time()
-        out = self.cluster.launch(
+        launch = (
+            self.cluster.launch
+            if repo is None
+            else lambda *args: self.cluster.run(
+                [str(self.cluster.python.parent / "skyguard"), "launch", *args], cwd=repo
+            )
+        )
+        out = launch(
             "--name",
             name,
             "--infra",

@@ -89,6 +89,8 @@ def test_cancel_of_a_running_job_sends_exactly_one_cancelled_message(
             f"messages: {titles}; callback said: {said}"
         )
         assert "cancelled/signalled: discord:" in said, said
+        # The task's secrets were read from the controller's record of the job.
+        assert not _callback_said(job.job_id, "cannot read the job's secrets")
         assert token not in said
         (state_dir,) = state_dirs(cluster, job.name)
         sent = json.loads((state_dir / "notifications.json").read_text())["sent"]

@@ -1,4 +1,5 @@
-"""skyguard on real SkyPilot: plain launch, recovery on exit 75, final failures, crash loop.
+"""skyguard on real SkyPilot: plain launch, recovery on exit 75, final failures, crash loop,
+and a launch from a user's own repository (no skyguard source in it).
 
 The managed jobs are submitted together by one fixture and run concurrently on
 the local Slurm cluster; each test then waits for its own. Timings are printed
@@ -7,8 +8,10 @@ the local Slurm cluster; each test then waits for its own. Timings are printed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +21,27 @@ import pytest
 
 from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
-from .conftest import Cluster, Jobs, run_records, termination_history
+from .conftest import REPO, Cluster, Jobs, run_records, termination_history
 
 pytestmark = pytest.mark.e2e
 
 DEMO = ("python", "examples/train.py", "--steps", "10", "--step-time", "0.2")
+#: A user's whole training repo: it beats through the skyguard the node installed (the
+#: client's wheel) and says which file that was, with its hash.
+USER_TRAIN = """\
+import hashlib, json, os, sys, time
+from devops.skypilot import heartbeat
+written = 0
+for step in range(5):
+    written += heartbeat.beat()
+    time.sleep(0.2)
+probe = {"heartbeat": heartbeat.__file__, "beats": written}
+probe["beat_file"] = os.path.exists(os.environ["SKYGUARD_HEARTBEAT_FILE"])
+probe["sha256"] = hashlib.sha256(open(heartbeat.__file__, "rb").read()).hexdigest()
+with open(os.environ["E2E_PROBE"], "w") as handle:
+    json.dump(probe, handle)
+print("user-train: done")
+"""
 TIMINGS: dict[str, float] = {}
 
 
@@ -37,10 +56,36 @@ def _iso_seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
+def _user_repo(root: Path) -> Path:
+    """A fresh git repository holding only train.py, as a new user's is."""
+    repo = root / "my-training"
+    repo.mkdir()
+    (repo / "train.py").write_text(USER_TRAIN)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com"}
+    env.update(GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@example.com")
+    for argv in (["init", "-q", "-b", "main"], ["add", "train.py"], ["commit", "-qm", "train"]):
+        subprocess.run(["git", *argv], cwd=repo, env=env, check=True, timeout=60)
+    return repo
+
+
 @pytest.fixture(scope="module")
 def jobs(cluster: Cluster) -> Iterator[Jobs]:
     jobs = Jobs(cluster)
     try:
+        # From a user's own repository: the shipped recipe, the client's skyguard as a
+        # wheel; submitted with the others so it costs the tier no extra wait.
+        repo = _user_repo(cluster.state_root)
+        jobs.submit(
+            "user",
+            "--heartbeat-timeout",
+            "60s",
+            "--env",
+            f"E2E_PROBE={cluster.state_root / 'user-probe.json'}",
+            "--",
+            "python",
+            "train.py",
+            repo=repo,
+        )
         # Hangs on its first attempt only (the runner's attempt count lives on
         # the shared state root, so attempt 2 knows it is attempt 2).
         jobs.submit(
@@ -219,3 +264,18 @@ def test_crash_loop_guard_ends_an_endless_hang_recover_loop(cluster: Cluster, jo
     ]
     report: dict[str, Any] = cluster.status(job.name)
     assert report["last"]["exit_code"] == EXIT_CRASH_LOOP
+
+
+def test_a_users_own_repo_launches_with_the_clients_skyguard(cluster: Cluster, jobs: Jobs) -> None:
+    """`skyguard launch -- python train.py` in a fresh repo with nothing but train.py: the
+    recipe ships with skyguard, the node installs the client's own skyguard (a wheel by
+    file_mounts) and the training code's heartbeat import is that skyguard."""
+    job = jobs.wait("user")
+    assert job.status == "SUCCEEDED"
+    history = termination_history(cluster.state_root, job.name)
+    assert [(r["reason"], r["exit_code"]) for r in history] == [("completed", 0)]
+    probe = json.loads((cluster.state_root / "user-probe.json").read_text())
+    assert probe["beats"] >= 1 and probe["beat_file"], probe
+    assert "site-packages" in probe["heartbeat"], probe
+    client_copy = REPO / "devops" / "skypilot" / "heartbeat.py"
+    assert probe["sha256"] == hashlib.sha256(client_copy.read_bytes()).hexdigest()

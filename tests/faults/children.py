@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,9 +84,11 @@ def hang_after_beats(ignore_term: str = "") -> int:
 
 
 def hang_on_fifo(path: str) -> int:
-    """Blocked in the kernel: open() of a FIFO waits for a writer that never comes."""
-    beats()
+    """Blocked in the kernel: open() of a FIFO waits for a writer that never comes. A
+    thread beats until the test has seen the main thread asleep there (``$FAULT_GO``);
+    from then on nothing beats, so the hang cannot be decided before it is in place."""
     os.mkfifo(path)
+    threading.Thread(target=beats_until_go, daemon=True).start()
     ready()
     with open(path, "rb") as fifo:
         fifo.read()

@@ -267,6 +267,22 @@ def test_setup_installs_skyguard_into_the_active_env(installed: tuple[Path, Path
     )
     assert result.returncode == 0
     assert "--heartbeat-timeout" in result.stdout
+    # A regular (setuptools) install carries the recipes as package data.
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "from devops.skypilot.client.launch.recipes import SHIPPED; print(SHIPPED)",
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shipped = Path(probe.stdout.strip())
+    assert shipped.is_relative_to(venv), probe
+    for name in ("job.yaml", "sandbox.yaml", "setup.sh"):
+        assert (shipped / name).read_bytes() == (RECIPES / name).read_bytes()
 
 
 def test_setup_skips_an_unchanged_install_and_redoes_a_changed_one(

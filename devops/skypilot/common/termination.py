@@ -220,6 +220,21 @@ def exit_code_for(reason: TerminationReason, child_returncode: int | None) -> in
     return child_exit_code(child_returncode)
 
 
+def node_exit_code(own: int, decision_code: int | None) -> int:
+    """What one node of a multi-node job exits with: the job's one decision's code.
+
+    SkyPilot reads the nodes' codes two ways: on Slurm one ``srun --kill-on-bad-exit``
+    reports the highest code of all nodes (measured: 1 and 75 give 75, 75 and 125 give
+    125); on Ray the first non-zero code wins. Only when every node that failed exits
+    with the decision's code do both read the decision. A node that ended well exits
+    0 (it lowers nothing, and it is not first among non-zero codes); without a
+    decision (every node well, or the head unreachable) a node's own code stands.
+    """
+    if decision_code is None or own == EXIT_SUCCESS:
+        return own
+    return decision_code
+
+
 def _describe_child(returncode: int) -> str:
     if returncode < 0:
         return f"command killed by {signal_name(-returncode)}"

@@ -2,7 +2,8 @@
 
 The only module that imports notifications, the multi-node coordinator and the
 NCCL preflight, so the runner (``runner.py``) depends on none of them; ``main``
-only exits with the code the runner decided.
+exits with the code the runner decided, or on a multi-node job with the code of
+the job's one decision (see ``CoordinationObserver.exit_code``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from devops.skypilot.node.monitors.base import Monitor
 from devops.skypilot.node.runner import Preflight, Runner, RunnerExtensions
 from devops.skypilot.node.signals import SignalWaker
 from devops.skypilot.node.state_checks import prepare_state_dir
+
+#: Seconds the exit barrier waits beyond the grace: the stop's SIGKILL round and the reports.
+BARRIER_MARGIN = 10.0
 
 
 def skypilot_env(env: Mapping[str, str]) -> SkyPilotEnv:
@@ -87,7 +91,10 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
             sky,
             config.state_dir,
             config=CoordinationConfig(
-                port=config.coord_port, unreachable_timeout=config.coord_timeout
+                port=config.coord_port,
+                unreachable_timeout=config.coord_timeout,
+                # The exit barrier covers a worker's stop: its grace, and a margin.
+                linger=config.grace + BARRIER_MARGIN,
             ),
         )
         notifier = NotificationObserver.from_sources(
@@ -109,6 +116,16 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
         ),
         preflight=_preflight(config, sky) if config.preflight else None,
     )
+
+
+def job_exit_code(extensions: RunnerExtensions, own: int) -> int:
+    """On a multi-node job, the code of the job's one decision (see CoordinationObserver)."""
+    from devops.skypilot.node.coordination import CoordinationObserver
+
+    for observer in extensions.observers:
+        if isinstance(observer, CoordinationObserver):
+            return observer.exit_code(own)
+    return own
 
 
 def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
@@ -147,7 +164,10 @@ def main(args: argparse.Namespace) -> int:
                 print(json.dumps(describe(config, os.environ), indent=2))
                 return EXIT_SUCCESS
             prepare_state_dir(config)  # before the extensions write there
-            return Runner(config, build_extensions(config, sky), waker).run().exit_code
+            extensions = build_extensions(config, sky)
+            code = Runner(config, extensions, waker).run().exit_code
+            waker.ignore_stop_signals_on_exit()  # decided: nothing turns it into 143 now
+            return job_exit_code(extensions, code)
         except ConfigError as error:
             say(f"skyguard: error: {error}")
             return EXIT_CONFIG_ERROR

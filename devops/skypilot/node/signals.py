@@ -65,6 +65,18 @@ class SignalWaker:
         self._write_fd = -1
         self._previous: dict[int, _Handler] = {}
         self._previous_wakeup_fd = -1
+        self._ignore_on_exit = False
+
+    def ignore_stop_signals_on_exit(self) -> None:
+        """On exit, ignore the stop signals instead of restoring their handlers.
+
+        For the last moments of ``skyguard run``, once its exit code is decided: on
+        Slurm another node's exit brings every node a SIGTERM, and one that lands
+        between the handlers' restoration and the process's exit would turn the
+        decided code into a death by SIGTERM (srun then reports 143). Swapping a
+        handler for SIG_IGN leaves no moment with the default action.
+        """
+        self._ignore_on_exit = True
 
     def stop_signal(self) -> int | None:
         """The first stop signal received, if any."""
@@ -86,7 +98,8 @@ class SignalWaker:
         traceback: TracebackType | None,
     ) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            ignore = self._ignore_on_exit and signum in STOP_SIGNALS
+            signal.signal(signum, signal.SIG_IGN if ignore else previous)
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         for fd in (self._read_fd, self._write_fd):
             with contextlib.suppress(OSError):

@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
-from devops.skypilot.common.termination import Termination
+from devops.skypilot.common.termination import Termination, node_exit_code
 from devops.skypilot.node.coordination.head import HeadCoordinator
 from devops.skypilot.node.coordination.protocol import (
     SECRET_VAR,
@@ -75,6 +75,8 @@ class CoordinationObserver(RunObserver):
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
+        #: The job's decision as this node learned it at its end (None: none, or no head).
+        self.job_decision: NodeEnd | None = None
 
     @property
     def is_head(self) -> bool:
@@ -86,12 +88,32 @@ class CoordinationObserver(RunObserver):
 
     def on_end(self, ctx: JobContext, termination: Termination) -> None:
         try:
-            self.coordinator.report_end(NodeEnd.from_termination(ctx.node_rank, termination))
+            end = NodeEnd.from_termination(ctx.node_rank, termination)
+            self.job_decision = self.coordinator.report_end(end)
         finally:
-            self.coordinator.stop()
+            # The head serves on through the other observers (its notifications) and
+            # stops in close(): stopping opens the exit barrier, so no worker exits,
+            # and has Slurm SIGTERM the head, while the head still notifies.
+            if not self.is_head:
+                self.coordinator.stop()
+
+    def exit_code(self, own: int) -> int:
+        """This node's exit code: the job's decision's, so SkyPilot reads one decision
+        from every node (see :func:`~devops.skypilot.common.termination.node_exit_code`)."""
+        decision = self.job_decision
+        code = node_exit_code(own, None if decision is None else decision.exit_code)
+        if code != own and decision is not None:
+            logger.warning(
+                "coordination: exiting %d, the job's decision (node %d: %s), not this node's %d",
+                code,
+                decision.node,
+                decision.reason.value,
+                own,
+            )
+        return code
 
     def close(self) -> None:
-        """Release the port when the command never started (``on_end`` does it otherwise)."""
+        """Leave the protocol (the head: stop serving, which opens the exit barrier)."""
         self.coordinator.stop()
 
 

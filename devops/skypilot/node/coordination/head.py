@@ -55,7 +55,8 @@ class _Rejected(Exception):
 class _Board:
     """What the head knows of the attempt; shared by the server's thread and the runner's."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_nodes: int) -> None:
+        self.num_nodes = num_nodes
         self._changed = threading.Condition()
         self.started: set[int] = set()
         self.ends: dict[int, NodeEnd] = {}
@@ -88,30 +89,33 @@ class _Board:
         with self._changed:
             return self.decision is not None or HEAD_RANK in self.ends or self.closing
 
+    def settled(self) -> bool:
+        """The exit barrier is open: the head is done (every node ended, or its wait for
+        them ran out, and it has notified); once true it stays."""
+        with self._changed:
+            return self.closing
+
     def state(self) -> dict[str, Any]:
-        """The decision and the head's end, as a long poll answers them."""
+        """The decision, the head's end and the barrier, as a long poll answers them."""
         with self._changed:
             head_end = self.ends.get(HEAD_RANK)
             return {
                 "decision": None if self.decision is None else self.decision.to_json(),
                 "head_end": None if head_end is None else head_end.to_json(),
+                "settled": self.closing,
             }
 
-    def wait_workers_ended(self, num_nodes: int, timeout: float) -> bool:
-        """Until every worker has reported its end; False on timeout.
+    def wait_all_ended(self, timeout: float) -> bool:
+        """Until every node has reported its end; False on timeout.
 
         Every worker of the job, not only those that announced themselves: one
         that starts late must still find the head serving. Learning the outcome
-        is not enough: a worker that learned it still reports its end, and the
-        head's record should hold every node's end.
+        is not enough: a worker that learned it is still stopping its command, and
+        the head must not exit before (on Slurm its non-zero exit has the others
+        SIGTERMed); the head's record should hold every node's end, too.
         """
-        workers = set(range(num_nodes)) - {HEAD_RANK}
-
-        def settled() -> bool:
-            return not workers - self.ends.keys()
-
         with self._changed:
-            return self._changed.wait_for(settled, timeout=timeout)
+            return self._changed.wait_for(lambda: len(self.ends) == self.num_nodes, timeout)
 
     def close(self) -> None:
         with self._changed:
@@ -201,12 +205,13 @@ class HeadCoordinator(Coordinator):
         self, sky_env: SkyPilotEnv, token: bytes, config: CoordinationConfig, state_dir: Path
     ) -> None:
         super().__init__(sky_env, token, config, state_dir)
-        self.board = _Board()
+        self.board = _Board(sky_env.num_nodes)
         self.rejections = _RejectionLog()
         self.session = new_session()
         self._fresh = _Freshness()
-        # Set on the server's thread only; long polls wait for it.
+        # Set on the server's thread only; long polls wait for them.
         self._news = asyncio.Event()
+        self._settled = asyncio.Event()
         self.board.on_change = self._board_changed
         max_pending = max(MIN_PENDING, 2 * sky_env.num_nodes)
         _allow_descriptors(2 * sky_env.num_nodes + max_pending + _SPARE_FDS)
@@ -248,17 +253,18 @@ class HeadCoordinator(Coordinator):
     def peer_verdict(self, now: float) -> Verdict | None:
         return self._peer_failed()
 
-    def report_end(self, end: NodeEnd) -> None:
+    def report_end(self, end: NodeEnd) -> NodeEnd | None:
         # An attempt can end before its command starts (runtime budget already
         # spent): serve anyway, so the workers learn that decision too.
         self.start()
-        self.board.end(end)
-        if not self.board.wait_workers_ended(self.sky_env.num_nodes, self.config.linger):
+        decision = self.board.end(end)
+        if not self.board.wait_all_ended(self.config.linger):
             logger.warning(
                 "coordination: not every worker reported its end within %gs; "
                 "those still running stop when the head is unreachable",
                 self.config.linger,
             )
+        return decision
 
     def stop(self) -> None:
         if self._stopped:
@@ -273,6 +279,8 @@ class HeadCoordinator(Coordinator):
     def _board_changed(self) -> None:
         if self.board.has_news():
             self._server.call_soon(self._news.set)
+        if self.board.settled():
+            self._server.call_soon(self._settled.set)
 
     async def _answer(self, request: Request) -> Answer:
         try:
@@ -322,9 +330,16 @@ class HeadCoordinator(Coordinator):
                 query = {key: values[0] for key, values in parse_qs(url.query).items()}
                 self._sender({"node": int(query.get("node", "-1"))}, sender)
                 wait = min(max(float(query.get("wait", "0")), 0.0), self.config.long_poll)
-                if wait > 0 and not self.board.has_news():
+                # A worker past its own end waits at the exit barrier; others for news.
+                barrier = query.get("until") == "settled"
+                ready, event = (
+                    (self.board.settled, self._settled)
+                    if barrier
+                    else (self.board.has_news, self._news)
+                )
+                if wait > 0 and not ready():
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._news.wait(), wait)
+                        await asyncio.wait_for(event.wait(), wait)
                 return self.board.state()
             if request.method == "POST" and url.path in ("/v1/start", "/v1/end"):
                 data = json.loads(request.body)

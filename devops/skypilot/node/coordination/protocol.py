@@ -61,7 +61,10 @@ class CoordinationConfig:
     unreachable_timeout: float = 30.0
     #: Seconds a node's end report may take, retries included.
     report_timeout: float = 5.0
-    #: Seconds the head keeps serving after its own end so every worker learns it.
+    #: The exit barrier: seconds a node waits after its own end for every node's end
+    #: (the head keeps serving meanwhile), so no node exits while another still stops
+    #: its command: on Slurm the first non-zero exit has the others SIGTERMed. It must
+    #: cover the workers' stop, so the runner sets it to its grace plus a margin.
     linger: float = 5.0
     #: Seconds the head holds a long poll open; capped at a third of unreachable_timeout.
     poll_wait: float = 10.0
@@ -294,8 +297,10 @@ class Coordinator(ABC):
         """PEER_FAILED when another node decided (or the head is gone); reads state only."""
 
     @abstractmethod
-    def report_end(self, end: NodeEnd) -> None:
-        """This node's command ended; bounded by ``report_timeout`` (+ ``linger`` on the head)."""
+    def report_end(self, end: NodeEnd) -> NodeEnd | None:
+        """This node's command ended: report it, then wait (at most ``linger``) until
+        every node has ended. Returns the job's decision, None if there is none or the
+        head could not be reached. Bounded by ``report_timeout`` + ``linger``."""
 
     @abstractmethod
     def stop(self) -> None:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Pause between a worker's attempts to reach the head.
 _RETRY_PAUSE = 0.5
+#: Longest wait of one request at the exit barrier.
+_BARRIER_POLL = 2.0
 
 
 class _BadAnswer(Exception):
@@ -108,7 +110,7 @@ class WorkerCoordinator(Coordinator):
             f"head node {HEAD_RANK} ({host}:{port}) unreachable for {silent:.0f}s: {error}",
         )
 
-    def report_end(self, end: NodeEnd) -> None:
+    def report_end(self, end: NodeEnd) -> NodeEnd | None:
         body = fit(end, self.config.max_message_bytes)
         with self._lock:
             head_gone = self._head_end is not None
@@ -129,10 +131,40 @@ class WorkerCoordinator(Coordinator):
                     answer = self._request(session, "POST", "/v1/end", body, timeout)
         except (OSError, http.client.HTTPException, _BadAnswer) as exc:
             logger.warning("coordination: could not report this node's end to the head: %s", exc)
-            return
+            return None
         decision = answer.get("decision")
         if isinstance(decision, dict):
             logger.info("coordination: the head's decision: %s", decision)
+            with self._lock:
+                self._decision = NodeEnd.from_json(decision, self.sky_env.num_nodes)
+        if not head_gone:
+            self._wait_settled(session)
+        return self.decision
+
+    def _wait_settled(self, session: str) -> None:
+        """The exit barrier: until every node has ended, at most ``linger`` seconds.
+
+        On Slurm the first node to exit non-zero has every other node SIGTERMed
+        (``srun --kill-on-bad-exit``): a node that exits while another is still
+        stopping its command could turn that one's end into a cancel. A head that
+        stops answering has settled or given up: there is nothing left to wait for.
+        """
+        deadline = self._clock() + self.config.linger
+        target = f"/v1/state?node={self.node}&until=settled&wait="
+        while (left := deadline - self._clock()) > 0:
+            # Short polls: one that meets the head's server as it stops may go unanswered.
+            wait = min(left, self.config.long_poll, _BARRIER_POLL)
+            try:
+                answer = self._request(session, "GET", f"{target}{wait:g}", b"", wait + 2.0)
+            except (OSError, http.client.HTTPException, _BadAnswer) as exc:
+                logger.debug("coordination: the head left the exit barrier: %s", exc)
+                return
+            if answer.get("settled") is True:
+                return
+        logger.warning(
+            "coordination: not every node ended within %gs; exiting anyway",
+            self.config.linger,
+        )
 
     def stop(self) -> None:
         self._stop.set()
