@@ -428,9 +428,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def leave_tree(pid_file: str) -> int:
+#: A process that cleared its environment (``env -i``): it holds no attempt token.
+_CLEARED = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+
+
+def leave_tree(pid_file: str, cleared: str = "") -> int:
     """Attempt 2: a tree that ignores SIGTERM (the command, a child in its group, one
-    in a session of its own as torchrun's workers), its pids in ``pid_file``; hang.
+    in a session of its own as torchrun's workers, and with ``cleared`` one in the
+    group started with an empty environment), its pids in ``pid_file``; hang.
     Any later attempt: note which of them are alive as it starts, and exit 0."""
     if os.environ["SKYGUARD_ATTEMPT"] != "2":
         alive = [pid for pid in map(int, Path(pid_file).read_text().split()) if _alive(pid)]
@@ -444,6 +449,11 @@ def leave_tree(pid_file: str) -> int:
             if own_session:
                 os.setsid()
             hang()
+        pids.append(pid)
+    if cleared:
+        pid = os.fork()
+        if pid == 0:
+            os.execve(sys.executable, [sys.executable, "-c", _CLEARED], {})
         pids.append(pid)
     Path(pid_file + ".tmp").write_text(" ".join(map(str, pids)))
     os.replace(pid_file + ".tmp", pid_file)

@@ -683,6 +683,46 @@ def sigkill_runner(watchdog_too: bool) -> Action:
     return act
 
 
+def _watchdogs() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if "devops.skypilot.node.watchdog" in process.cmdline():
+                found.append(process)
+    return found
+
+
+def preflight_ranks_die_with_the_runner(live: Live) -> None:
+    """SIGKILL the runner while its preflight ranks run: they die with it (parent-death
+    signal) before writing a result, and carry the attempt's token for the watchdog."""
+    wrapper = psutil.Process(live.process.pid)
+
+    def ranks() -> list[psutil.Process]:
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for below in wrapper.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "nccl-check" in below.cmdline():
+                        found.append(below)
+        return found
+
+    live.wait_until("started both preflight ranks", lambda: len(ranks()) == 2)
+    started = ranks()
+    tokens = {rank.environ().get("SKYGUARD_ATTEMPT_TOKEN") for rank in started}
+    (token,) = tokens
+    assert token, "the preflight ranks do not carry the attempt's token"
+    assert any(token in process.cmdline() for process in _watchdogs()), "no watchdog for it"
+    (runner,) = [child for child in wrapper.children() if "devops.skypilot" in child.cmdline()]
+    runner.kill()
+
+    def ranks_gone() -> bool:
+        return not any(psutil.pid_exists(rank.pid) and not _zombie(rank.pid) for rank in started)
+
+    live.wait_until("stopped the preflight ranks", ranks_gone, bound=30.0)
+    assert not (live.state_dir / "nccl-preflight.json").exists(), "a rank ran on to its end"
+    live.go.touch()
+
+
 def tree_gone_at_restart(message: str) -> Check:
     def check(done: Finished) -> None:
         assert (done.tmp / "tree.at-restart").read_text() == "", "the old tree was alive"
@@ -1046,7 +1086,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *(
         Scenario(
             name,
-            child("leave-tree", "{tmp}/tree"),
+            child("leave-tree", "{tmp}/tree", *cleared),
             "completed",
             0,
             ("--grace", "1"),
@@ -1055,16 +1095,31 @@ SCENARIOS: tuple[Scenario, ...] = (
             action=sigkill_runner(watchdog_too=watchdog_too),
             check=tree_gone_at_restart(said),
         )
+        # A process of the command that cleared its environment (env -i) holds no
+        # token: the watchdog, or the next runner, finds it by the command's session.
+        for cleared, suffix in (((), ""), (("cleared",), "-env-cleared"))
         for name, watchdog_too, said in (
             # The kernel kills the command with the runner, the watchdog the rest of the tree.
-            ("runner-sigkilled-tree-follows", False, "the runner died; stopped"),
+            (f"runner-sigkilled-tree-follows{suffix}", False, "the runner died; stopped"),
             # Without the watchdog, the next runner stops the tree before it starts.
             (
-                "runner-and-watchdog-sigkilled-next-start-stops-tree",
+                f"runner-and-watchdog-sigkilled-next-start-stops-tree{suffix}",
                 True,
                 "left running by attempt 2",
             ),
         )
+    ),
+    Scenario(
+        # NCCL preflight ranks ran on to their own --preflight-timeout.
+        "runner-sigkilled-during-preflight-ranks-follow",
+        child("beat-for", "0.2"),
+        "completed",
+        0,
+        ("--preflight", "--grace", "1"),
+        history=2,  # no checkpoint before the command starts: the killed attempt left none
+        launcher="sigkill-restart",
+        extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
+        action=preflight_ranks_die_with_the_runner,
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
     *(

@@ -11,11 +11,22 @@ does not live (SIGKILL, the OOM killer), three things stand in:
 - the next runner on the same state dir does the same for the attempt its
   checkpoint names, before it starts anything (for a watchdog killed too).
 
-The processes of an attempt are those whose environment holds the attempt's
-random token (:data:`TOKEN_VAR`): every descendant inherits it, so torchrun's
-workers in sessions of their own and daemons re-parented to init are found, and
-no other process can hold it. The command itself is also named by pid and start
-time (:class:`~devops.skypilot.node.liveness.ProcessStamp`), never by pid alone.
+The processes of an attempt are found two ways:
+
+- their environment holds the attempt's random token (:data:`TOKEN_VAR`): every
+  descendant inherits it, so torchrun's workers in sessions of their own and daemons
+  re-parented to init are found, and no other process can hold it;
+- they are in the command's session (the command is started with ``setsid``, so the
+  session id is its pid) and started after it: what cleared its environment
+  (``env -i``) but stayed in the session. The kernel does not give a pid to a new
+  process while a session of that id has a member, so the id names our session as
+  long as one of it lives; if the command's pid runs another process (its start time
+  differs), the session was given up entirely and reused, and is not searched.
+
+The command itself is also named by pid and start time
+(:class:`~devops.skypilot.node.liveness.ProcessStamp`), never by pid alone. What
+neither finds: a process that both cleared its environment and left the session
+(``setsid env -i ...``).
 
 """
 
@@ -47,7 +58,9 @@ def new_token() -> str:
 
 
 def find(token: str, command: ProcessStamp | None = None) -> list[psutil.Process]:
-    """Every live process of the attempt: its token in the environment, or the command."""
+    """Every live process of the attempt: its token in the environment, the command,
+    or a process of the command's session started after it."""
+    session = _session(command)
     found = []
     for process in psutil.process_iter():
         if process.pid == os.getpid():
@@ -56,9 +69,33 @@ def find(token: str, command: ProcessStamp | None = None) -> list[psutil.Process
             if token and process.environ().get(TOKEN_VAR) == token:
                 found.append(process)
                 continue
-        if command is not None and process.pid == command.pid and command.alive():
+        mine = command is not None and process.pid == command.pid and command.alive()
+        if mine or (session is not None and _in_session(process.pid, session)):
             found.append(process)
     return found
+
+
+def _session(command: ProcessStamp | None) -> ProcessStamp | None:
+    """The command's session, where it can still name it: a stamp of this boot whose
+    pid is free or still the command's own."""
+    if command is None or command.start_ticks <= 0 or command.pid <= 1:
+        return None
+    if (command.host, command.boot_id) != (socket.gethostname(), boot_id()):
+        return None
+    now = ProcessStamp.of(command.pid)
+    if now is not None and now.start_ticks != command.start_ticks:
+        return None  # the pid runs something else: the session was reused
+    return command
+
+
+def _in_session(pid: int, session: ProcessStamp) -> bool:
+    try:
+        if os.getsid(pid) != session.pid:
+            return False
+    except OSError:  # gone
+        return False
+    stamp = ProcessStamp.of(pid)
+    return stamp is not None and stamp.start_ticks >= session.start_ticks
 
 
 def stop(token: str, grace: float, command: ProcessStamp | None = None) -> int:

@@ -129,7 +129,7 @@ def job_exit_code(extensions: RunnerExtensions, own: int) -> int:
 
 
 def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
-    def preflight(stop: Callable[[], bool]) -> Verdict | None:
+    def preflight(stop: Callable[[], bool], env: Mapping[str, str]) -> Verdict | None:
         from devops.skypilot.node.nccl import preflight as nccl
         from devops.skypilot.node.nccl.results import PreflightOptions
 
@@ -138,7 +138,9 @@ def _preflight(config: RunConfig, sky: SkyPilotEnv) -> Preflight:
             min_busbw_gbps=config.preflight_min_busbw,
             json_path=config.state_dir / nccl.RESULT_FILE,
         )
-        result = nccl.run_preflight(sky, options, master_port=config.master_port + 1, stop=stop)
+        result = nccl.run_preflight(
+            sky, options, master_port=config.master_port + 1, stop=stop, env=env
+        )
         return result.verdict()
 
     return preflight

@@ -49,8 +49,8 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-def _dies_with_runner() -> Callable[[], None] | None:
-    """A ``preexec_fn``: the kernel SIGKILLs the command when the runner dies.
+def dies_with_runner() -> Callable[[], None] | None:
+    """A ``preexec_fn``: the kernel SIGKILLs the child when the runner dies.
 
     The "parent" the kernel watches is the thread that forked, so the command must
     be spawned from the main thread (it is: the event loop runs there). The
@@ -113,7 +113,7 @@ class SupervisedProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_dies_with_runner(),
+            preexec_fn=dies_with_runner(),
         )
         self.stamp = ProcessStamp.of(self._popen.pid)
         assert self._popen.stdout is not None and self._popen.stderr is not None

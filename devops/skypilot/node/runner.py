@@ -60,8 +60,9 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-#: The preflight, given ``stop()``: true once a stop signal came; it must then give up.
-Preflight = Callable[[Callable[[], bool]], Verdict | None]
+#: The preflight, given ``stop()`` (true once a stop signal came; it must then give up)
+#: and variables for its processes' environment (the attempt's token: see leftovers.py).
+Preflight = Callable[[Callable[[], bool], Mapping[str, str]], Verdict | None]
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Runner:
         self.forensics: Forensics | None = None
         #: In the environment of every process of the attempt (``node/leftovers.py``).
         self.token = new_token()
+        self._watchdog: Watchdog | None = None
 
     def run(self) -> Termination:
         """Run one attempt and return its record. Raises ConfigError before starting."""
@@ -133,7 +135,7 @@ class Runner:
             config.heartbeat_file.unlink()
         # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
         since = time.time() - 2.0
-        watchdog = Watchdog.start(self.token, config.grace)  # before: never our child
+        watchdog = self._watchdog = Watchdog.start(self.token, config.grace)  # never our child
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
@@ -213,6 +215,8 @@ class Runner:
                 )
             except OSError as error:
                 raise ConfigError(f"cannot run {config.command[0]}: {error.strerror}") from None
+            if self._watchdog is not None and process.stamp is not None:
+                self._watchdog.name_command(process.stamp.pid, process.stamp.start_ticks)
             logger.info(
                 "skyguard: attempt %d started %s (pid %d)",
                 ctx.attempt,
@@ -267,7 +271,12 @@ class Runner:
         if waker.stop_signal() is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal())
         if self.extensions.preflight is not None:
-            failed = _safely(self.extensions, "preflight", lambda: waker.stop_signal() is not None)
+            failed = _safely(
+                self.extensions,
+                "preflight",
+                lambda: waker.stop_signal() is not None,
+                {TOKEN_VAR: self.token},
+            )
             duration = time.monotonic() - started
             if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
                 return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)

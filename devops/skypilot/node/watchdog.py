@@ -7,6 +7,10 @@ the runner is gone (SIGKILL, the OOM killer), and the watchdog stops every
 process of the attempt (:func:`devops.skypilot.node.leftovers.stop`: SIGTERM,
 ``--grace``, SIGKILL) and exits.
 
+Once the command runs, the runner also writes its pid and start time (``command
+PID TICKS``): a process of the command's session that cleared its environment holds
+no token, and is found by the session instead.
+
 ``python -m devops.skypilot.node.watchdog TOKEN GRACE`` is the process. It imports
 nothing beyond the standard library until it has to act, so it is ready, and
 gone again, within a few tens of milliseconds.
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: What the runner writes once its tree is stopped: the watchdog has nothing to do.
 _DONE = b"done"
+#: What precedes the command's pid and start time.
+_COMMAND = b"command"
 #: How long the runner waits for a released watchdog to exit.
 _EXIT_WAIT = 2.0
 
@@ -67,6 +73,13 @@ class Watchdog:
         os.waitpid(pid, 0)
         return cls(control_write, alive_read)
 
+    def name_command(self, pid: int, start_ticks: int) -> None:
+        """The command started: its session is the attempt's too."""
+        if self._control < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._control, b"%s %d %d\n" % (_COMMAND, pid, start_ticks))
+
     def release(self) -> None:
         """The tree is stopped: the watchdog has nothing left to do (idempotent)."""
         if self._control < 0:
@@ -97,11 +110,19 @@ def main(argv: Sequence[str]) -> int:
     told = b""
     while chunk := os.read(0, 64):
         told += chunk
-    if told == _DONE:
+    lines = told.split(b"\n")
+    if lines[-1] == _DONE:
         return 0
     from devops.skypilot.node.leftovers import stop
+    from devops.skypilot.node.liveness import ProcessStamp
 
-    count = stop(token, grace)
+    command = None
+    here = ProcessStamp.own()  # the command ran on this host, in this boot
+    for line in lines:
+        words = line.split()
+        if here is not None and len(words) == 3 and words[0] == _COMMAND:
+            command = ProcessStamp(here.host, here.boot_id, int(words[1]), int(words[2]))
+    count = stop(token, grace, command)
     if count:
         print(
             f"skyguard: the runner died; stopped {count} process(es) of its command",

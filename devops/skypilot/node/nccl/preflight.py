@@ -58,6 +58,7 @@ from devops.skypilot.node.nccl.results import (
     format_table,
 )
 from devops.skypilot.node.ports import free_listen_port
+from devops.skypilot.node.process import dies_with_runner
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,16 @@ def read_result(path: Path) -> PreflightResult | None:
 
 def _never() -> bool:
     return False
+
+
+def _spawn(argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """A rank (or the launcher of a node's ranks): in a session of its own, and SIGKILLed
+    by the kernel if the process that spawned it dies (a SIGKILLed runner's preflight
+    does not run on to its timeout). Spawned from the main thread, which the kernel
+    watches for that."""
+    return subprocess.Popen(
+        argv, env=dict(env), start_new_session=True, preexec_fn=dies_with_runner()
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -209,8 +220,10 @@ def spawn_local(
     *,
     master_port: int | None = None,
     stop: Callable[[], bool] = _never,
+    env: Mapping[str, str] | None = None,
 ) -> PreflightResult:
-    """Run the preflight with ``nproc`` ranks on this machine (single node, no torchrun)."""
+    """Run the preflight with ``nproc`` ranks on this machine (single node, no torchrun).
+    ``env``: variables added to the ranks' environment."""
     if nproc < 1:
         raise PreflightConfigError(f"--nproc must be >= 1, got {nproc}")
     port = master_port or free_listen_port()
@@ -224,11 +237,10 @@ def spawn_local(
                 "LOCAL_RANK": rank,
                 "LOCAL_WORLD_SIZE": nproc,
             }
-            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            env.update({name: str(value) for name, value in ranks.items()})
-            procs.append(
-                subprocess.Popen([sys.executable, *module], env=env, start_new_session=True)
-            )
+            rank_env = {**os.environ, **(env or {})}
+            rank_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            rank_env.update({name: str(value) for name, value in ranks.items()})
+            procs.append(_spawn([sys.executable, *module], rank_env))
         return procs
 
     return _launch(options, nproc, spawn, stop)
@@ -241,6 +253,7 @@ def run_preflight(
     master_port: int = DEFAULT_PREFLIGHT_PORT,
     launcher: Sequence[str] | None = None,
     stop: Callable[[], bool] = _never,
+    env: Mapping[str, str] | None = None,
 ) -> PreflightResult:
     """The runner's ``--preflight`` on this node: all nodes must call it at about the same time.
 
@@ -253,7 +266,7 @@ def run_preflight(
     """
     nproc = max(sky_env.num_gpus_per_node, 1)
     if not sky_env.multi_node:
-        return spawn_local(nproc, options, stop=stop)
+        return spawn_local(nproc, options, stop=stop, env=env)
 
     def spawn(module: list[str]) -> list[subprocess.Popen[bytes]]:
         try:
@@ -266,7 +279,7 @@ def run_preflight(
             )
         except EnvironmentConfigError as exc:
             raise PreflightConfigError(str(exc)) from None
-        return [subprocess.Popen(argv, start_new_session=True)]
+        return [_spawn(argv, {**os.environ, **(env or {})})]
 
     return _launch(options, sky_env.num_nodes * nproc, spawn, stop)
 
