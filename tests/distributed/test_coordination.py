@@ -445,7 +445,9 @@ def test_a_node_whose_own_end_lost_the_race_exits_with_the_decision(tmp_path: Pa
         assert not waiting.is_alive(), "every node ended: the head's wait is over"
         assert reporting.is_alive(), "the worker waits at the barrier until the head is done"
         head[0].close()  # the head has notified: the barrier opens
-        reporting.join(timeout=30)  # a guard against hanging, not a speed check
+        # A guard against hanging, not a speed check; below the worker's request timeout
+        # (a 10 s poll + 2 s): a poll the stopping head left unanswered would trip it.
+        reporting.join(timeout=10)
         assert not reporting.is_alive()
         worker[0].job_decision = answers["worker"]
         assert answers["head"] == crash and worker[0].job_decision == crash

@@ -138,12 +138,18 @@ class _Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.client = "?"
+        # Known from the accept on, before its transport: a connection accepted just
+        # before the server stops must be closed too, not left open and unread.
+        server.enter(self)
 
     # ----------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._server.stopping:
+            transport.abort()  # accepted as the server stopped: a reset, not silence
+            return
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         loop = asyncio.get_running_loop()
@@ -261,6 +267,9 @@ class EventLoopServer:
         self._loop.set_exception_handler(self._loop_error)
         self._ready = threading.Event()
         self._stopping: asyncio.Future[None] | None = None
+        self.stopping = False
+        #: Set on the loop's thread once stopping and every connection is gone.
+        self._all_gone: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         #: Connections without a complete request yet, oldest first (a dict keeps the order).
         self._pending: dict[_Connection, None] = {}
@@ -295,8 +304,10 @@ class EventLoopServer:
 
     # ----------------------------------------------------------------- bookkeeping
 
-    def admit(self, connection: _Connection) -> None:
+    def enter(self, connection: _Connection) -> None:
         self._connections.add(connection)
+
+    def admit(self, connection: _Connection) -> None:
         while len(self._pending) >= self.limits.max_pending:
             next(iter(self._pending)).evict()
         self._pending[connection] = None
@@ -307,6 +318,8 @@ class EventLoopServer:
     def forget(self, connection: _Connection) -> None:
         self._pending.pop(connection, None)
         self._connections.discard(connection)
+        if self.stopping and not self._connections and self._all_gone is not None:
+            self._all_gone.set()
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -328,16 +341,30 @@ class EventLoopServer:
             lambda: _Connection(self), sock=self._sock, backlog=socket.SOMAXCONN
         )
         self._stopping = loop.create_future()
+        self._all_gone = asyncio.Event()
         self._ready.set()
         await self._stopping
+        # Stop accepting before closing the server: a connection accepted in the turn
+        # before would otherwise meet a closed server when its transport is made
+        # (asyncio's Server._attach asserts, the error is swallowed) and its socket stay
+        # open and unread, its client waiting out its timeout. One turn lets every such
+        # connection get its transport while the server is still open.
+        loop.remove_reader(self._sock.fileno())
+        await asyncio.sleep(0)
         server.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE)
+        # From here a connection is reset, whether it has its transport yet or not: one
+        # left open would hold its client's request unanswered until the client's timeout.
+        self.stopping = True
         for connection in list(self._connections):
             connection.close_now()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.sleep(0)  # let the cancelled tasks and closed transports finish
+        if self._connections:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), _STOP_GRACE)
+        await asyncio.sleep(0)  # let the cancelled tasks finish
 
     def _request_stop(self) -> None:
         if self._stopping is not None and not self._stopping.done():

@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: Pause between a worker's attempts to reach the head.
 _RETRY_PAUSE = 0.5
-#: Longest wait of one request at the exit barrier.
-_BARRIER_POLL = 2.0
 
 
 class _BadAnswer(Exception):
@@ -137,8 +135,9 @@ class WorkerCoordinator(Coordinator):
             logger.info("coordination: the head's decision: %s", decision)
             with self._lock:
                 self._decision = NodeEnd.from_json(decision, self.sky_env.num_nodes)
-        if not head_gone:
-            self._wait_settled(session)
+        # The head answered, so it serves until it settles: wait at the barrier even
+        # when its own end is known (it waits for every node's end, then notifies).
+        self._wait_settled(session)
         return self.decision
 
     def _wait_settled(self, session: str) -> None:
@@ -152,8 +151,9 @@ class WorkerCoordinator(Coordinator):
         deadline = self._clock() + self.config.linger
         target = f"/v1/state?node={self.node}&until=settled&wait="
         while (left := deadline - self._clock()) > 0:
-            # Short polls: one that meets the head's server as it stops may go unanswered.
-            wait = min(left, self.config.long_poll, _BARRIER_POLL)
+            # The head answers every poll when it settles or stops (a reset, if it
+            # stops before reading it): a long poll, not a sleep, bounds the wait.
+            wait = min(left, self.config.long_poll)
             try:
                 answer = self._request(session, "GET", f"{target}{wait:g}", b"", wait + 2.0)
             except (OSError, http.client.HTTPException, _BadAnswer) as exc:
