@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from devops.skypilot.common import fields
+from devops.skypilot.common.files import write_atomic
 from devops.skypilot.common.termination import EXIT_RETRY, Termination, TerminationReason
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.liveness import ProcessStamp
@@ -40,18 +40,7 @@ ATTEMPT_FILE = "attempt.json"
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``data`` as JSON, all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -16,12 +16,11 @@ In a clone of skyguard the shipped recipes are the top-level ``recipes/`` (linke
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from devops.skypilot.common.files import write_atomic
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR
 
 #: The recipes in this installation of skyguard (real files in a wheel; links into the
@@ -76,15 +75,7 @@ def write_recipe(target_dir: Path, force: bool) -> Path:
     )
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target_dir, prefix=f".{JOB}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(header + text)
-            os.chmod(temp, 0o644)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, header + text, mode=0o644)
     except OSError as error:
         raise RecipeError(f"cannot write {target}: {error.strerror or error}") from None
     return target

@@ -21,12 +21,13 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
+
+from devops.skypilot.common.files import write_atomic
 
 #: The import packages of the distribution, side by side in one directory (site-packages,
 #: or a clone's root for an editable install).
@@ -145,15 +146,7 @@ def build_wheel(cache: Path | None = None) -> Path:
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=".wheel-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp, 0o644)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data, mode=0o644)
     except OSError as error:
         raise WheelError(f"cannot write the skyguard wheel to {folder}: {error}") from None
     _prune(cache, folder)

@@ -10,17 +10,15 @@ them under ``<state-dir>/forensics/attempt-N/`` and returns the one-line summary
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
+from devops.skypilot.common.files import write_atomic
 from devops.skypilot.common.forensics import Forensics
 from devops.skypilot.common.termination import TerminationReason, Verdict
 from devops.skypilot.node.forensics.capture import Captured, Target, capture, find_py_spy
@@ -122,12 +120,4 @@ def _write_stacks(path: Path, summary: str, results: Collection[Captured]) -> No
             lines.append(f"{head}: no stack ({item.error or 'unknown'})\n")
         else:
             lines.append(f"{head} ({item.source}):\n{format_stack(item.stack)}\n")
-    fd, temp = tempfile.mkstemp(prefix=".stacks.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines))
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomic(path, "\n".join(lines))

@@ -17,13 +17,12 @@ the deadline for the first beat (startup is not a gap).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from devops.skypilot.common.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +60,7 @@ def save_gaps(state_dir: Path, gaps: Gaps) -> None:
     """Append this attempt's gaps (atomic replace); a failure is logged, never raised."""
     history = [*load_gaps(state_dir), gaps][-KEPT:]
     try:
-        fd, temp = tempfile.mkstemp(prefix=".beat-gaps.", dir=state_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump([asdict(item) for item in history], handle)
-            os.replace(temp, state_dir / FILE)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        write_atomic(state_dir / FILE, json.dumps([asdict(item) for item in history]))
     except OSError as error:
         logger.warning("skyguard: could not record the beat gaps: %s", error)
 
