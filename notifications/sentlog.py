@@ -14,14 +14,13 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devops.skypilot.common.files import write_atomic
 from devops.skypilot.common.lifecycle import Phase
 from devops.skypilot.common.termination import TerminationReason
 
@@ -132,12 +131,4 @@ class SentLog:
 
     def _write(self, data: Mapping[str, list[dict[str, Any]]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{STATE_FILE}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"version": 1, **data}, handle, indent=1)
-                handle.write("\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps({"version": 1, **data}, indent=1) + "\n")
