@@ -249,6 +249,55 @@ class Jobs:
             self.cluster.run([str(self.cluster.sky), "jobs", "cancel", "-y", *ids], check=False)
 
 
+#: The two-node partition tests/e2e/slurm_cluster.sh sets up (namespaced nodes sgn1, sgn2).
+DUO_INFRA = ("--infra", "slurm/localcluster/duo", "--nodes", "2")
+#: examples/train.py on every node; the fault (its flags in $FAULT) only on rank 1.
+RANK1_FAULT = (
+    "bash",
+    "-c",
+    'if [ "$SKYPILOT_NODE_RANK" = 1 ]; then f=$FAULT; fi; '
+    "exec python examples/train.py --steps 100000 --step-time 0.2 $f",
+)
+
+
+@pytest.fixture(scope="session")
+def two_node_jobs(cluster: Cluster) -> Iterator[Jobs]:
+    """The two-node managed jobs (test_two_nodes.py), submitted first by
+    test_slurm_e2e.py's fixture so that they run alongside its jobs."""
+    jobs = Jobs(cluster)
+    try:
+        # Rank 1 hangs on every attempt: attempt 1 is recovered, the crash-loop guard
+        # ends attempt 2 with 125 on both nodes.
+        jobs.submit(
+            "duo-hang",
+            *DUO_INFRA,
+            "--heartbeat-timeout",
+            "10s",
+            "--grace",
+            "5s",
+            "--env",
+            "SKYGUARD_CRASH_LOOP_COUNT=2",
+            "--env",
+            "FAULT=--hang-after 5",
+            "--",
+            *RANK1_FAULT,
+        )
+        # Rank 1's command crashes: final on both nodes.
+        jobs.submit(
+            "duo-crash",
+            *DUO_INFRA,
+            "--grace",
+            "5s",
+            "--env",
+            "FAULT=--crash-after 5",
+            "--",
+            *RANK1_FAULT,
+        )
+        yield jobs
+    finally:
+        jobs.cancel_unfinished()
+
+
 def run_records(state_root: Path, name: str) -> list[Path]:
     """The termination.json of each run named ``name``: `skyguard launch` keys state on
     ``<name>-<8 hex>`` (its run key), under ``<root>/<key>/node-0``."""

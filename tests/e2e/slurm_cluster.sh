@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Set up a one-node Slurm cluster on this machine that real SkyPilot can launch
-# onto, for the end-to-end tier (tests/e2e). Debian 12, run as root, no systemd,
-# no general internet (only the package registries).
+# Set up a Slurm cluster on this machine that real SkyPilot can launch onto, for
+# the end-to-end tier (tests/e2e). Debian 12, run as root, no systemd, no general
+# internet (only the package registries). Two partitions:
+#   debug (default)  the machine itself, one node at 127.0.0.1;
+#   duo              two nodes, sgn1 and sgn2, each a slurmd in its own network and
+#                    UTS namespace on a bridge (10.77.0.2, 10.77.0.3; the machine is
+#                    10.77.0.1 there and NATs them to the package registries).
 #
 # Idempotent: every step checks its state and changes only what is missing, so
 # a second run takes seconds. Prints one timed line per step; on failure, one
@@ -11,6 +15,8 @@
 #        bash tests/e2e/slurm_cluster.sh --print-env
 #                                                  # also print KEY=VALUE lines
 #                                                  # the tests read (last lines)
+#        bash tests/e2e/slurm_cluster.sh --down   # stop the Slurm daemons, remove
+#                                                  # the namespaces, bridge and NAT rule
 #
 # Knobs (environment):
 #   SKYGUARD_E2E_HOME   where the SkyPilot venv and the offline uv live
@@ -35,8 +41,20 @@ SSHD_PID=/run/sshd-skyguard-e2e.pid
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # SkyPilot's local API server; the jobs controller runs inside it (consolidation mode).
 API_PORT=46580
+# The two-node partition: a bridge, and per node a network + UTS namespace named as
+# the node, joined to it by a veth pair whose host end is sgv<N>.
+BRIDGE=sgbr0
+BRIDGE_NET=10.77.0
+DUO_PARTITION=duo
+DUO_NODES=(sgn1 sgn2)
 PRINT_ENV=0
-[ "${1:-}" = "--print-env" ] && PRINT_ENV=1
+DOWN=0
+case "${1:-}" in
+  --print-env) PRINT_ENV=1 ;;
+  --down) DOWN=1 ;;
+  "") ;;
+  *) echo "slurm_cluster.sh: ERROR: unknown option '$1' (--print-env, --down)" >&2; exit 2 ;;
+esac
 
 die() { echo "slurm_cluster.sh: ERROR: $*" >&2; exit 1; }
 T_ALL=$(date +%s)
@@ -45,15 +63,53 @@ STEP=""
 begin() { STEP=$1; T_STEP=$(date +%s); }
 done_step() { printf '[%4ss] %s\n' "$(($(date +%s) - T_STEP))" "$STEP"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Stop the daemon of a pid file, waiting up to 10 s for it to go.
+stop_pidfile() {
+  alive "$1" || return 0
+  local pid
+  pid=$(cat "$1")
+  kill "$pid"
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+# Start a daemon (munged, Slurm, sshd, SkyPilot's API server) without this script's descriptors above 2: one run under
+# `flock /tmp/skyguard-e2e.lock` would hand the lock to the daemon, held for good.
+daemon() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "$@"
+  )
+}
+node_addr() { echo "$BRIDGE_NET.$((${1#sgn} + 1))"; }
+NAT_RULE=(POSTROUTING -s "$BRIDGE_NET.0/24" ! -d "$BRIDGE_NET.0/24" -j MASQUERADE)
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts daemons)"
+
+if [ $DOWN = 1 ]; then
+  # Everything this script started that a reboot would not clear by itself; the
+  # slurmctld goes too: its address is on the bridge.
+  for pidfile in /run/slurm/slurmd*.pid /run/slurm/slurmctld.pid; do
+    [ -e "$pidfile" ] && stop_pidfile "$pidfile"
+  done
+  for node in "${DUO_NODES[@]}"; do
+    ip link del "sgv${node#sgn}" 2>/dev/null || true
+    [ -e "/run/netns/$node" ] && ip netns del "$node"
+  done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  iptables -t nat -D "${NAT_RULE[@]}" 2>/dev/null || true
+  echo "slurm_cluster.sh: down"
+  exit 0
+fi
 [ -r /etc/debian_version ] || die "needs a Debian-based system (apt-get)"
 mkdir -p "$E2E_HOME"
 
 # ---------------------------------------------------------------- packages
-begin "apt: slurm-wlm munge openssh-server rsync fuse3"
+begin "apt: slurm-wlm munge openssh-server rsync fuse3 iptables"
 missing=()
-for p in slurm-wlm munge openssh-server openssh-client rsync fuse3; do
+for p in slurm-wlm munge openssh-server openssh-client rsync fuse3 iptables; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -115,28 +171,68 @@ chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
 chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
 if ! (munge -n | unmunge) >/dev/null 2>&1; then
-  runuser -u munge -- /usr/sbin/munged || die "munged did not start"
+  daemon runuser -u munge -- /usr/sbin/munged || die "munged did not start"
   for _ in $(seq 1 20); do (munge -n | unmunge) >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 (munge -n | unmunge) >/dev/null 2>&1 || die "munge round trip failed"
 done_step
 
+# ---------------------------------------------------------------- two-node network
+begin "bridge $BRIDGE ($BRIDGE_NET.1) + namespaces ${DUO_NODES[*]}, NAT"
+# (nsenter, not `ip netns exec`: that remounts /sys, and slurmd needs the host's
+# /sys/fs/cgroup.) A second slurmd needs an address and a hostname of its own: SkyPilot's Slurm
+# executor finds its node by gethostbyname(gethostname()) in the NodeAddr list, and
+# the runner's head serves coordination on the first of those addresses. So each
+# two-node partition node is a namespace; the NAT lets its setup reach the registries.
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link add "$BRIDGE" type bridge || die "cannot create bridge $BRIDGE"
+fi
+ip addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_NET.1/24" || ip addr add "$BRIDGE_NET.1/24" dev "$BRIDGE"
+ip link set "$BRIDGE" up
+for node in "${DUO_NODES[@]}"; do
+  addr=$(node_addr "$node")
+  veth="sgv${node#sgn}"
+  if ! ip -n "$node" addr show dev eth0 2>/dev/null | grep -q "inet $addr/24"; then
+    # Missing or half made (a reboot clears /run/netns but not this script's memory).
+    ip link del "$veth" 2>/dev/null || true
+    [ -e "/run/netns/$node" ] && ip netns del "$node"
+    ip netns add "$node" || die "ip netns add $node failed"
+    ip link add "$veth" type veth peer name eth0 netns "$node" || die "cannot create veth $veth"
+    ip link set "$veth" master "$BRIDGE"
+    ip link set "$veth" up
+    ip -n "$node" addr add "$addr/24" dev eth0
+    ip -n "$node" link set lo up
+    ip -n "$node" link set eth0 up
+    ip -n "$node" route add default via "$BRIDGE_NET.1"
+  fi
+  # Every namespace shares this file: the node names resolve the same everywhere.
+  grep -q "^$addr $node\$" /etc/hosts || echo "$addr $node" >> /etc/hosts
+done
+echo 1 > /proc/sys/net/ipv4/ip_forward
+iptables -t nat -C "${NAT_RULE[@]}" 2>/dev/null || iptables -t nat -A "${NAT_RULE[@]}" \
+  || die "iptables could not add the NAT rule for $BRIDGE_NET.0/24"
+done_step
+
 # ---------------------------------------------------------------- slurm
-begin "slurmctld + slurmd (one node)"
+begin "slurmctld + slurmd: $(hostname -s) (debug), ${DUO_NODES[*]} ($DUO_PARTITION)"
 H=$(hostname -s)
 MEM=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 [ -n "$MEM" ] || die "slurmd -C reported no RealMemory"
-mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
+mkdir -p /var/spool/slurmctld /var/log/slurm /run/slurm
+for node in "$H" "${DUO_NODES[@]}"; do mkdir -p "/var/spool/slurmd/$node"; done
 # linuxproc/none plugins: there are no usable cgroups in a sandbox. CR_Core_Memory:
 # SkyPilot asks for --mem, so memory must be a consumable resource. The tests'
-# jobs mostly sleep, so the node offers at least 8 CPUs (config_overrides lets
+# jobs mostly sleep, so a node offers at least 8 CPUs (config_overrides lets
 # slurmd announce more than the machine has) and independent jobs run at once.
+# The controller listens on the bridge address, which the namespaced nodes reach;
+# every slurmd has its own spool dir, pid file and log (%n: the node's name).
 CPUS=$(nproc)
 [ "$CPUS" -ge 8 ] || CPUS=8
-SLURM_CONF=$(cat <<EOF
-# one-node cluster for skyguard's end-to-end tests (tests/e2e/slurm_cluster.sh)
+DUO_LIST=$(IFS=,; echo "${DUO_NODES[*]}")
+SLURM_CONF=$(cat <<CONF
+# skyguard's end-to-end cluster (tests/e2e/slurm_cluster.sh)
 ClusterName=$SLURM_CLUSTER
-SlurmctldHost=$H(127.0.0.1)
+SlurmctldHost=$H($BRIDGE_NET.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -150,48 +246,55 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmdParameters=config_overrides
 NodeName=$H NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
+$(for node in "${DUO_NODES[@]}"; do
+  echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$CPUS RealMemory=$MEM State=UNKNOWN"
+done)
 PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-EOF
+PartitionName=$DUO_PARTITION Nodes=$DUO_LIST MaxTime=INFINITE State=UP OverSubscribe=NO
+CONF
 )
-conf_changed=0
 if [ "$(cat /etc/slurm/slurm.conf 2>/dev/null)" != "$SLURM_CONF" ]; then
   printf '%s\n' "$SLURM_CONF" > /etc/slurm/slurm.conf.tmp
   mv /etc/slurm/slurm.conf.tmp /etc/slurm/slurm.conf
-  conf_changed=1
-fi
-if [ $conf_changed = 1 ]; then
-  # Node definitions only change on a restart of both daemons.
-  for pidfile in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid; do
-    if alive "$pidfile"; then
-      pid=$(cat "$pidfile")
-      kill "$pid"
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    fi
+  # Node definitions only change on a restart of every daemon (slurmd.pid: the
+  # one-node layout's pid file, before %n).
+  for pidfile in /run/slurm/slurmd*.pid /run/slurm/slurmctld.pid; do
+    [ -e "$pidfile" ] && stop_pidfile "$pidfile"
   done
 fi
-alive /run/slurm/slurmctld.pid || /usr/sbin/slurmctld || die "slurmctld did not start"
-alive /run/slurm/slurmd.pid || /usr/sbin/slurmd || die "slurmd did not start"
-node_state=""
-for _ in $(seq 1 60); do
-  node_state=$(sinfo -h -n "$H" -o %t 2>/dev/null || true)
-  case "$node_state" in
-    idle | mix | alloc) break ;;
-    down* | drain*) scontrol update nodename="$H" state=resume >/dev/null 2>&1 || true ;;
-  esac
-  sleep 1
+alive /run/slurm/slurmctld.pid || daemon /usr/sbin/slurmctld || die "slurmctld did not start"
+alive "/run/slurm/slurmd-$H.pid" || daemon /usr/sbin/slurmd || die "slurmd did not start"
+for node in "${DUO_NODES[@]}"; do
+  alive "/run/slurm/slurmd-$node.pid" \
+    || daemon nsenter --net="/run/netns/$node" unshare --uts sh -c "hostname $node && exec /usr/sbin/slurmd -N $node" \
+    || die "slurmd of $node did not start in its namespace"
 done
-case "$node_state" in idle | mix | alloc) ;; *) die "node $H is '$node_state', not idle (see /var/log/slurm/)" ;; esac
-# An allocation left by an earlier run (a cluster SkyPilot never tore down) holds the
+for node in "$H" "${DUO_NODES[@]}"; do
+  node_state=""
+  for _ in $(seq 1 60); do
+    node_state=$(sinfo -h -n "$node" -o %t 2>/dev/null | head -1 || true)
+    case "$node_state" in
+      idle | mix | alloc) break ;;
+      down* | drain*) scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+    esac
+    sleep 1
+  done
+  case "$node_state" in idle | mix | alloc) ;; *) die "node $node is '$node_state', not idle (see /var/log/slurm/)" ;; esac
+done
+# An allocation left by an earlier run (a cluster SkyPilot never tore down) holds a
 # node, and srun would wait for it forever: name it instead.
 timeout 120 srun -N1 -t 1 true </dev/null \
   || die "srun -N1 true failed or waited 120 s; jobs holding the node: $(squeue -h -o '%i %j' | tr '\n' ' ') (see /var/log/slurm/)"
+duo=$(timeout 120 srun -p "$DUO_PARTITION" -N2 -t 1 hostname </dev/null | sort | tr '\n' ' ') \
+  || die "srun -p $DUO_PARTITION -N2 hostname failed or waited 120 s; jobs: $(squeue -h -o '%i %j %P' | tr '\n' ' ') (see /var/log/slurm/)"
+[ "$duo" = "$(printf '%s ' "${DUO_NODES[@]}")" ] || die "the $DUO_PARTITION nodes call themselves '$duo', not ${DUO_NODES[*]}"
 done_step
 
 # ---------------------------------------------------------------- sshd
@@ -224,7 +327,7 @@ SSHOPTS=(-i "$SSH_KEY" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=
   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5)
 if ! ssh "${SSHOPTS[@]}" root@127.0.0.1 true </dev/null 2>/dev/null; then
   if alive "$SSHD_PID"; then kill "$(cat "$SSHD_PID")"; sleep 1; fi
-  /usr/sbin/sshd -f "$SSHD_CONF" || die "sshd did not start"
+  daemon /usr/sbin/sshd -f "$SSHD_CONF" || die "sshd did not start"
   for _ in $(seq 1 20); do ssh "${SSHOPTS[@]}" root@127.0.0.1 true </dev/null 2>/dev/null && break; sleep 0.5; done
 fi
 ssh "${SSHOPTS[@]}" root@127.0.0.1 'command -v sinfo >/dev/null' </dev/null \
@@ -308,7 +411,7 @@ ssh "${SSHOPTS[@]}" root@127.0.0.1 '[ "$(command -v curl)" = /usr/local/bin/curl
 done_step
 
 # ---------------------------------------------------------------- SkyPilot config
-begin "~/.slurm/config, ~/.sky/config.yaml, _TEST_IP_LIST patch"
+begin "~/.slurm/config, ~/.sky/config.yaml, _TEST_IP_LIST patch, Slurm cache"
 restart_api=0
 mkdir -p "$HOME/.slurm" "$HOME/.sky"
 SLURM_SSH=$(cat <<EOF
@@ -343,6 +446,15 @@ if ! grep -q "127.0.0.1:$API_PORT/docs" "$BACKEND_UTILS"; then
   grep -q "127.0.0.1:$API_PORT/docs" "$BACKEND_UTILS" || die "could not patch _TEST_IP_LIST in $BACKEND_UTILS"
   restart_api=1
 fi
+# SkyPilot caches what it learnt of the Slurm cluster (nodes and partitions, for 30
+# minutes) in its own database: drop it, so it sees the nodes this script set up.
+if [ -f "$HOME/.sky/kv_cache.db" ]; then
+  "$SKYV/bin/python" - "$HOME/.sky/kv_cache.db" <<'PY' || die "could not clear SkyPilot's Slurm cache"
+import sqlite3, sys
+with sqlite3.connect(sys.argv[1]) as db:
+    db.execute("DELETE FROM kv_cache WHERE key LIKE 'slurm:%' OR key LIKE 'usage/gpu_capacity/slurm/%'")
+PY
+fi
 if [ $restart_api = 1 ]; then
   (cd / && "$SKYV/bin/sky" api stop </dev/null >/dev/null 2>&1 || true)
 fi
@@ -350,7 +462,7 @@ done_step
 
 # ---------------------------------------------------------------- sky check
 begin "sky check slurm"
-check_out=$(cd / && "$SKYV/bin/sky" check slurm </dev/null 2>&1 | sed 's/\x1b\[[0-9;]*m//g') || true
+check_out=$(cd / && daemon "$SKYV/bin/sky" check slurm </dev/null 2>&1 | sed 's/\x1b\[[0-9;]*m//g') || true
 echo "$check_out" | grep -q "$SLURM_CLUSTER: enabled" \
   || die "sky check slurm did not enable $SLURM_CLUSTER: $(echo "$check_out" | tr '\n' ' ' | tail -c 400)"
 done_step

@@ -71,7 +71,9 @@ def _user_repo(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jobs(cluster: Cluster) -> Iterator[Jobs]:
+def jobs(cluster: Cluster, two_node_jobs: Jobs) -> Iterator[Jobs]:
+    # two_node_jobs: submitted before these, so that the slowest jobs of the tier (two
+    # nodes, provisioned twice for a recovery) run alongside these instead of after.
     jobs = Jobs(cluster)
     try:
         # From a user's own repository: the shipped recipe, the client's skyguard as a
