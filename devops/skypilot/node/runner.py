@@ -388,13 +388,13 @@ def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
     they are not even split). The list is read live: a disabled monitor drops out."""
     if not any(monitor.reads_output for monitor in monitors):
         return None
-    return lambda block: _feed(monitors, block)
+    return lambda data, start, end: _feed(monitors, data, start, end)
 
 
-def _feed(monitors: Sequence[Monitor], block: bytes) -> None:
+def _feed(monitors: Sequence[Monitor], data: bytes, start: int, end: int) -> None:
     for monitor in monitors:
         if monitor.reads_output:
-            _safely(monitor, "observe_output", block)
+            _safely(monitor, "observe_span", data, start, end)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:
