@@ -655,13 +655,20 @@ def _watchdog(live: Live) -> list[psutil.Process]:
     return found
 
 
+def _checkpointed(live: Live, name: str) -> bool:
+    """attempt.json exists and names ``name`` (the runner writes it whole, by rename)."""
+    with contextlib.suppress(FileNotFoundError):
+        return bool(json.loads((live.state_dir / "attempt.json").read_text()).get(name))
+    return False
+
+
 def sigkill_runner(watchdog_too: bool) -> Action:
     """SIGKILL the runner (and its watchdog) mid-attempt. With the watchdog alive, wait
     until the whole tree is gone, then let the second runner start."""
 
     def act(live: Live) -> None:
         live.wait_ready()
-        live.wait_until("checkpointed", lambda: (live.state_dir / "attempt.json").exists())
+        live.wait_until("checkpointed the command", lambda: _checkpointed(live, "command_pid"))
         wrapper = psutil.Process(live.process.pid)
         (runner,) = [child for child in wrapper.children() if "devops.skypilot" in child.cmdline()]
         watchdog = _watchdog(live)
@@ -721,6 +728,14 @@ def preflight_ranks_die_with_the_runner(live: Live) -> None:
     live.wait_until("stopped the preflight ranks", ranks_gone, bound=30.0)
     assert not (live.state_dir / "nccl-preflight.json").exists(), "a rank ran on to its end"
     live.go.touch()
+
+
+def preflight_attempt_counted(done: Finished) -> None:
+    """The attempt killed in its preflight is in the history, abandoned."""
+    killed = done.on_disk["history"][1]
+    assert (killed["attempt"], killed["reason"]) == (2, "signalled"), killed
+    assert "before its command started" in killed["detail"], killed
+    assert "attempt 2 left no record; counting it" in done.stderr, done.stderr[-3000:]
 
 
 def tree_gone_at_restart(message: str) -> Check:
@@ -1116,10 +1131,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "completed",
         0,
         ("--preflight", "--grace", "1"),
-        history=2,  # no checkpoint before the command starts: the killed attempt left none
+        history=3,  # the attempt killed in its preflight counts (checkpointed before it)
         launcher="sigkill-restart",
         extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
         action=preflight_ranks_die_with_the_runner,
+        check=preflight_attempt_counted,
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
     *(

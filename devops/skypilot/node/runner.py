@@ -139,7 +139,9 @@ class Runner:
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, ConfigError):  # nothing ran: no attempt to count
+                self.state.drop_checkpoint()
             self._tell("close")
             watchdog.close()
             raise
@@ -196,6 +198,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
+        # Before anything runs (observers, the preflight): a runner SIGKILLed from here
+        # on leaves a checkpoint, and the next start counts the attempt as abandoned.
+        self._checkpoint(ctx, 0.0, None)
         not_started = self._before_start(ctx, waker, runtime_used, started)
         if not_started is not None:
             return not_started, ChildEnd(None, None)
@@ -271,12 +276,16 @@ class Runner:
         if waker.stop_signal() is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal())
         if self.extensions.preflight is not None:
-            failed = _safely(
-                self.extensions,
-                "preflight",
-                lambda: waker.stop_signal() is not None,
-                {TOKEN_VAR: self.token},
-            )
+            checkpoint_due = [started + CHECKPOINT_INTERVAL]
+
+            def stop() -> bool:
+                # Polled all along the preflight: its runtime is checkpointed too.
+                if (now := time.monotonic()) >= checkpoint_due[0]:
+                    self._checkpoint(ctx, now - started, None)
+                    checkpoint_due[0] = now + CHECKPOINT_INTERVAL
+                return waker.stop_signal() is not None
+
+            failed = _safely(self.extensions, "preflight", stop, {TOKEN_VAR: self.token})
             duration = time.monotonic() - started
             if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
                 return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
@@ -379,13 +388,13 @@ def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
     they are not even split). The list is read live: a disabled monitor drops out."""
     if not any(monitor.reads_output for monitor in monitors):
         return None
-    return lambda block: _feed(monitors, block)
+    return lambda data, start, end: _feed(monitors, data, start, end)
 
 
-def _feed(monitors: Sequence[Monitor], block: bytes) -> None:
+def _feed(monitors: Sequence[Monitor], data: bytes, start: int, end: int) -> None:
     for monitor in monitors:
         if monitor.reads_output:
-            _safely(monitor, "observe_output", block)
+            _safely(monitor, "observe_span", data, start, end)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

@@ -209,6 +209,11 @@ class StateDir:
     def checkpoint(self, running: RunningAttempt) -> None:
         write_json_atomic(self.path / ATTEMPT_FILE, running.__dict__)
 
+    def drop_checkpoint(self) -> None:
+        """Forget the running attempt: it never started anything."""
+        with contextlib.suppress(OSError):
+            (self.path / ATTEMPT_FILE).unlink()
+
     def take_abandoned(self) -> RunningAttempt | None:
         """A checkpoint left by a runner that died before recording its end."""
         path = self.path / ATTEMPT_FILE
@@ -327,7 +332,8 @@ def abandoned_termination(running: RunningAttempt, node_rank: int, task_id: str)
         child_exit_code=None,
         signal=None,
         detail=(
-            "runner died without recording an end (SIGKILL or machine lost); "
+            "runner died without recording an end (SIGKILL or machine lost)"
+            f"{'' if running.command_pid else ' before its command started'}; "
             f"runtime counted up to its last checkpoint at {running.checkpointed_at}"
         ),
         monitor="",
