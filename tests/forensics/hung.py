@@ -13,8 +13,12 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
 * ``work``: beats for 2 s, then exits 0; ``exit``: exits 0 at once.
 
 Under ``launch.py`` (``HUNG_BARRIER`` set) every rank waits, beating, until all
-ranks are ready before it hangs: on a loaded machine a rank still starting up would
+ranks of its node are ready before it hangs: on a loaded machine a rank still starting up would
 otherwise be caught mid-import, and the hang would not be the one the test set up.
+
+With ``HUNG_UNDUMPABLE=1`` in its environment a rank makes itself non-dumpable
+(``prctl(PR_SET_DUMPABLE, 0)``, as setuid programs and some sandboxes are): then
+only a tracer holding ``CAP_SYS_PTRACE`` may attach to it or read its memory.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from devops.skypilot import heartbeat, stackdump
 #: syscall is the hang itself, so "sleeping" means "hung" to the tests.
 read_end, _write_end = os.pipe()
 libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_DUMPABLE = 4
 fds = (ctypes.c_ulong * 16)()
 fds[read_end // 64] |= 1 << (read_end % 64)
 
@@ -64,7 +69,7 @@ def _barrier(beat: bool) -> None:
     with open(os.path.join(directory, f"ready-{os.environ['RANK']}"), "w"):
         pass
     deadline = time.monotonic() + 60
-    while len(os.listdir(directory)) < int(os.environ["WORLD_SIZE"]):
+    while len(os.listdir(directory)) < int(os.environ["LOCAL_WORLD_SIZE"]):
         if time.monotonic() > deadline:
             sys.exit("hung.py: the other ranks never got ready")
         if beat:
@@ -80,6 +85,8 @@ def main() -> None:
     )
     parser.add_argument("--beats", type=int, default=0)
     args = parser.parse_args()
+    if os.environ.get("HUNG_UNDUMPABLE") == "1" and libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0):
+        sys.exit(f"hung.py: prctl failed: {os.strerror(ctypes.get_errno())}")
     if args.mode == "noterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stackdump.register()

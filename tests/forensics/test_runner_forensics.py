@@ -92,6 +92,15 @@ def test_a_hanging_py_spy_does_not_hold_the_stop(skyguard: SkyguardRunner, tmp_p
     # The launcher never registered a dump: py-spy was its only way.
     stacks = (Path(forensics["directory"]) / "stacks.txt").read_text()
     assert "no stack (py-spy timed out)" in stacks
+    # The bound, on the runner's own clock: it waited for the hung py-spy until the
+    # deadline, not past it (the slack only keeps a broken kill from hanging the
+    # suite), and the stop came after the capture.
+    assert 2000 <= forensics["elapsed_ms"] < 3000
+    lines = result.stderr.splitlines()
+    captured = next(i for i, line in enumerate(lines) if line.startswith("skyguard: stacks ("))
+    stop = next(i for i, line in enumerate(lines) if "processes with SIGTERM" in line)
+    assert captured < stop
+    assert "skyguard: py-spy gave no stack for 3 of 3 process(es): timed out" in result.stderr
 
 
 def test_no_capture_for_a_crash_a_success_or_when_turned_off(

@@ -164,7 +164,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
+            detail=child.detail(_with_stacks(decision.detail, self.forensics, config)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -371,12 +371,15 @@ class Runner:
             _safely(observer, hook, *args)
 
 
-def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+def _with_stacks(detail: str, forensics: Forensics | None, config: RunConfig) -> str:
     """The summary rides in the detail too: every channel and `skyguard status` show
     the detail, each within its own limits. A capture that found no Python stack (a
-    shell script) stays in the record only."""
+    shell script) stays in the record only. Multi-node, the stacks say whose they
+    are: a node ending as ``peer_failed`` carries the deciding node's stacks in its
+    detail before its own."""
     if forensics is not None and forensics.captured:
-        detail = f"{detail}; stacks: {forensics.summary}"
+        whose = f" on node {config.node_rank}" if config.num_nodes > 1 else ""
+        detail = f"{detail}; stacks{whose}: {forensics.summary}"
     if forensics is not None and forensics.flight_recorder:
         detail = f"{detail}; {forensics.flight_recorder}"
     return detail
@@ -387,13 +390,13 @@ def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
     they are not even split). The list is read live: a disabled monitor drops out."""
     if not any(monitor.reads_output for monitor in monitors):
         return None
-    return lambda block: _feed(monitors, block)
+    return lambda data, start, end: _feed(monitors, data, start, end)
 
 
-def _feed(monitors: Sequence[Monitor], block: bytes) -> None:
+def _feed(monitors: Sequence[Monitor], data: bytes, start: int, end: int) -> None:
     for monitor in monitors:
         if monitor.reads_output:
-            _safely(monitor, "observe_output", block)
+            _safely(monitor, "observe_span", data, start, end)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

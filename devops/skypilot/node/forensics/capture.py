@@ -46,7 +46,8 @@ class Captured:
     stack: Stack | None
     #: ``py-spy`` or ``faulthandler``: which tool gave the stack ('' if none did).
     source: str = ""
-    #: Why there is no stack (py-spy's first error line, "timed out").
+    #: Why there is no stack ("py-spy timed out", py-spy's error); with a stack from
+    #: faulthandler, why py-spy gave none (ptrace forbidden, say).
     error: str = ""
 
 
@@ -73,6 +74,8 @@ class _Spy:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                # Its error and cause, without a Rust backtrace of py-spy itself.
+                env={**os.environ, "RUST_BACKTRACE": "0"},
             )
 
     def done(self) -> bool:
@@ -90,8 +93,32 @@ class _Spy:
         stack = from_py_spy(self.output.read_text(errors="replace"))
         if stack is not None:
             return stack, ""
-        lines = self.errors.read_text(errors="replace").strip().splitlines()
-        return None, (lines[0] if lines else f"py-spy exited {self.popen.returncode}")[:200]
+        why = _py_spy_error(self.errors.read_text(errors="replace"))
+        return None, f"py-spy: {why or f'exited {self.popen.returncode}'}"[:200]
+
+
+def _py_spy_error(text: str) -> str:
+    """py-spy's error in one line: its message, then its innermost cause.
+
+    ``Error: Failed to get process executable name. Check that the process is
+    running.`` / ``Caused by:`` / ``0: Permission denied (os error 13)`` becomes
+    ``Failed to get process executable name (Permission denied (os error 13))``:
+    where ptrace is forbidden the cause is what tells a person why.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    message = lines[0].removeprefix("Error: ")
+    causes = []
+    if "Caused by:" in lines:
+        for line in lines[lines.index("Caused by:") + 1 :]:
+            number, _, cause = line.partition(": ")
+            if not number.isdigit():
+                break
+            causes.append(cause)
+    if not causes:
+        return message
+    return f"{message.split('. ')[0].rstrip('.')} ({causes[-1]})"
 
 
 class _Dump:
@@ -171,6 +198,6 @@ def _result(
     if dump is not None:
         stack = dump.result()
         if stack is not None:
-            return Captured(target, stack, "faulthandler")
+            return Captured(target, stack, "faulthandler", error="; ".join(filter(None, reasons)))
         reasons.append("no faulthandler dump in time")
     return Captured(target, None, error="; ".join(reason for reason in reasons if reason))
