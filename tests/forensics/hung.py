@@ -7,6 +7,7 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
 * ``collective``: in a function named ``all_reduce``, blocked in C on a pipe read
   (what a rank waiting for a missing peer looks like);
 * ``syscall``: in C, ``select`` on a pipe nobody writes, called through ctypes;
+* ``lock``: in C, acquiring a ``threading.Lock`` it already holds;
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
 * ``silent``: never beats at all (and sleeps in ``_run_epoch``);
 * ``beating``: keeps beating forever (the healthy rank of a job);
@@ -28,6 +29,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 
 from devops.skypilot import heartbeat, stackdump
@@ -49,6 +51,12 @@ def blocking_select() -> None:
     libc.select(read_end + 1, ctypes.byref(fds), None, None, None)
 
 
+def take_twice() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(blocking=True)
+
+
 def _run_epoch(mode: str) -> None:
     if mode in ("sleep", "noterm", "silent"):
         time.sleep(3600)
@@ -56,6 +64,8 @@ def _run_epoch(mode: str) -> None:
         all_reduce()
     elif mode == "syscall":
         blocking_select()
+    elif mode == "lock":
+        take_twice()
     until = time.monotonic() + 2
     while mode == "beating" or (mode == "work" and time.monotonic() < until):
         heartbeat.beat()
@@ -81,7 +91,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "mode",
-        choices=["sleep", "silent", "collective", "syscall", "noterm", "beating", "work", "exit"],
+        choices=[
+            *("sleep", "silent", "collective", "syscall", "lock", "noterm"),
+            *("beating", "work", "exit"),
+        ],
     )
     parser.add_argument("--beats", type=int, default=0)
     args = parser.parse_args()
