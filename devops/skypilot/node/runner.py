@@ -136,6 +136,7 @@ class Runner:
         # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
         since = time.time() - 2.0
         watchdog = self._watchdog = Watchdog.start(self.token, config.grace)  # never our child
+        watchdog.join_cgroup(self.token)  # where one can be made: all we start is born inside
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
@@ -334,10 +335,11 @@ class Runner:
             waker.wait(wake - time.monotonic())
 
     def _checkpoint(self, ctx: JobContext, elapsed: float, command: ProcessStamp | None) -> None:
+        cgroup = self._watchdog.cgroup_path if self._watchdog is not None else ""
         try:
             self.state.checkpoint(
                 RunningAttempt.by_this_runner(
-                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token
+                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token, cgroup
                 )
             )
         except OSError as error:
