@@ -434,9 +434,10 @@ _CLEARED = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); 
 
 def leave_tree(pid_file: str, cleared: str = "") -> int:
     """Attempt 2: a tree that ignores SIGTERM (the command, a child in its group, one
-    in a session of its own as torchrun's workers, and with ``cleared`` one in the
-    group started with an empty environment), its pids in ``pid_file``; hang.
-    Any later attempt: note which of them are alive as it starts, and exit 0."""
+    in a session of its own as torchrun's workers, and with ``cleared`` one started
+    with an empty environment: in the group, or with ``escaped`` in a session of its
+    own too, as ``setsid env -i``), its pids in ``pid_file``; hang. Any later
+    attempt: note which of them are alive as it starts, and exit 0."""
     if os.environ["SKYGUARD_ATTEMPT"] != "2":
         alive = [pid for pid in map(int, Path(pid_file).read_text().split()) if _alive(pid)]
         Path(pid_file + ".at-restart").write_text(" ".join(map(str, alive)))
@@ -453,7 +454,10 @@ def leave_tree(pid_file: str, cleared: str = "") -> int:
     if cleared:
         pid = os.fork()
         if pid == 0:
-            os.execve(sys.executable, [sys.executable, "-c", _CLEARED], {})
+            if cleared == "escaped":
+                os.setsid()
+            # The pid file in its command line: the test finds it by that to clean up.
+            os.execve(sys.executable, [sys.executable, "-c", _CLEARED, pid_file], {})
         pids.append(pid)
     Path(pid_file + ".tmp").write_text(" ".join(map(str, pids)))
     os.replace(pid_file + ".tmp", pid_file)

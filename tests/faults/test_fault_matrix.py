@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import pytest
 
 from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.cgroup import AttemptCgroup
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
@@ -196,6 +198,8 @@ class Scenario:
     around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
     #: The state dir is a tmpfs of this size ("256k") the test mounts (root only).
     state_tmpfs: str = ""
+    #: Only a cgroup of the attempt covers it: skipped where the runner cannot make one.
+    needs_cgroup: bool = False
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -738,6 +742,28 @@ def preflight_attempt_counted(done: Finished) -> None:
     assert "attempt 2 left no record; counting it" in done.stderr, done.stderr[-3000:]
 
 
+def cgroup_writable() -> bool:
+    """Whether the runner can make a cgroup for its attempt here."""
+    probe = AttemptCgroup.create(secrets.token_hex(16))
+    if probe is None:
+        return False
+    probe.remove()
+    return os.access(probe.path.parent / "cgroup.procs", os.W_OK)
+
+
+@contextlib.contextmanager
+def kill_escaped(tmp: Path) -> Iterator[None]:
+    """Whatever ``leave-tree`` started with an empty environment and is still alive at
+    the end is killed (it carries no leak tag): found by the pid file in its command line."""
+    try:
+        yield
+    finally:
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if str(tmp / "tree") in process.cmdline():
+                    process.kill()
+
+
 def tree_gone_at_restart(message: str) -> Check:
     def check(done: Finished) -> None:
         assert (done.tmp / "tree.at-restart").read_text() == "", "the old tree was alive"
@@ -1109,10 +1135,17 @@ SCENARIOS: tuple[Scenario, ...] = (
             launcher="sigkill-restart",
             action=sigkill_runner(watchdog_too=watchdog_too),
             check=tree_gone_at_restart(said),
+            around=kill_escaped,
+            needs_cgroup=cleared == ("escaped",),
         )
         # A process of the command that cleared its environment (env -i) holds no
-        # token: the watchdog, or the next runner, finds it by the command's session.
-        for cleared, suffix in (((), ""), (("cleared",), "-env-cleared"))
+        # token: the watchdog, or the next runner, finds it by the command's session;
+        # one that also left the session (setsid env -i) only by the attempt's cgroup.
+        for cleared, suffix in (
+            ((), ""),
+            (("cleared",), "-env-cleared"),
+            (("escaped",), "-setsid-env-cleared"),
+        )
         for name, watchdog_too, said in (
             # The kernel kills the command with the runner, the watchdog the rest of the tree.
             (f"runner-sigkilled-tree-follows{suffix}", False, "the runner died; stopped"),
@@ -1392,6 +1425,8 @@ def _params() -> list[Any]:
 def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) -> None:
     if scenario.launcher == "read-only" and not _can_remount():
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
+    if scenario.needs_cgroup and not cgroup_writable():
+        pytest.skip("needs a writable cgroup v2 tree (a cgroup per attempt)")
     with contextlib.ExitStack() as stack:
         if scenario.state_tmpfs:
             stack.enter_context(_tmpfs(tmp_path / "state", scenario.state_tmpfs))

@@ -194,3 +194,22 @@ def test_a_rank_blocked_in_c_is_read_by_py_spy_while_the_other_beats(
     pid = re.search(r"^rank 0 pid (\d+) \(py-spy\):$", stacks, re.M)
     assert pid is not None, stacks
     assert (directory / f"faulthandler-{pid.group(1)}.txt").read_text() == ""
+
+
+def test_a_collective_timeout_line_captures_the_stacks(skyguard: SkyguardRunner) -> None:
+    """nccl_error from the log, the command still running: its processes are looked at."""
+    line = (
+        "[rank1]:[E626 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation "
+        "timeout: WorkNCCL(SeqNum=808, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600020 "
+        "milliseconds before timing out."
+    )
+    children = str(REPO / "tests" / "integration" / "children.py")
+    result = skyguard.run([PYTHON, children, "print-then-sleep", line], "--grace", "2")
+    assert result.returncode == 75, result.stderr
+    record = result.record
+    assert (record["reason"], record["monitor"]) == ("nccl_error", "LogPatternMonitor")
+    forensics = record["forensics"]
+    # No launcher, no RANK: the one process by pid, caught printing or asleep after it.
+    assert re.fullmatch(r"pid \d+: in \S+ at children\.py:\d+ \(main\)", forensics["summary"])
+    assert forensics["captured"] == forensics["processes"] == 1
+    assert record["detail"].endswith(f"; stacks: {forensics['summary']}")

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
-from devops.skypilot.common.forensics import Forensics
+from devops.skypilot.common.forensics import Forensics, in_detail
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -136,6 +136,7 @@ class Runner:
         # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
         since = time.time() - 2.0
         watchdog = self._watchdog = Watchdog.start(self.token, config.grace)  # never our child
+        watchdog.join_cgroup(self.token)  # where one can be made: all we start is born inside
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
@@ -334,10 +335,11 @@ class Runner:
             waker.wait(wake - time.monotonic())
 
     def _checkpoint(self, ctx: JobContext, elapsed: float, command: ProcessStamp | None) -> None:
+        cgroup = self._watchdog.cgroup_path if self._watchdog is not None else ""
         try:
             self.state.checkpoint(
                 RunningAttempt.by_this_runner(
-                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token
+                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token, cgroup
                 )
             )
         except OSError as error:
@@ -376,8 +378,8 @@ def _with_stacks(detail: str, forensics: Forensics | None, config: RunConfig) ->
     are: a node ending as ``peer_failed`` carries the deciding node's stacks in its
     detail before its own."""
     if forensics is not None and forensics.captured:
-        whose = f" on node {config.node_rank}" if config.num_nodes > 1 else ""
-        detail = f"{detail}; stacks{whose}: {forensics.summary}"
+        node = config.node_rank if config.num_nodes > 1 else None
+        detail = f"{detail}; {in_detail(forensics.summary, node)}"
     if forensics is not None and forensics.flight_recorder:
         detail = f"{detail}; {forensics.flight_recorder}"
     return detail
