@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
-from devops.skypilot.common.forensics import Forensics
+from devops.skypilot.common.forensics import Forensics, in_detail
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -378,8 +378,8 @@ def _with_stacks(detail: str, forensics: Forensics | None, config: RunConfig) ->
     are: a node ending as ``peer_failed`` carries the deciding node's stacks in its
     detail before its own."""
     if forensics is not None and forensics.captured:
-        whose = f" on node {config.node_rank}" if config.num_nodes > 1 else ""
-        detail = f"{detail}; stacks{whose}: {forensics.summary}"
+        node = config.node_rank if config.num_nodes > 1 else None
+        detail = f"{detail}; {in_detail(forensics.summary, node)}"
     if forensics is not None and forensics.flight_recorder:
         detail = f"{detail}; {forensics.flight_recorder}"
     return detail
