@@ -2,9 +2,9 @@
 worker hangs while its neighbour keeps beating.
 
 The worker's runner names the rank, captures the stacks and reports to the head;
-the head's record, its termination line and its notification (a loopback Discord)
-must say which node and which rank, and where that rank hung, apart from the
-head's own healthy ranks.
+the head's record, its termination line and its notifications (a loopback Discord
+and GitHub commit status) must say which node and which rank, and where that rank
+hung, apart from the head's own healthy ranks.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ import pytest
 
 from tests.conftest import REPO
 from tests.distributed.runners import PYTHON, RunnerCluster
-from tests.notifications.notify_fakes import LoopbackServer, discord_ok, webhook_url
+from tests.notifications.notify_fakes import (
+    LoopbackServer,
+    Reply,
+    discord_ok,
+    github_validator,
+    webhook_url,
+)
 
 LAUNCH = str(REPO / "tests" / "forensics" / "launch.py")
 HUNG = REPO / "tests" / "forensics" / "hung.py"
 #: Caught 1 s after the rank's last beat; the startup grace covers a loaded machine.
+GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)
 WATCH = ["--heartbeat-timeout", "1", "--startup-grace", "60", "--forensics-timeout", "3"]
 
 
@@ -46,6 +53,16 @@ def chat() -> Iterator[LoopbackServer]:
         server.stop()
 
 
+@pytest.fixture
+def commit_status() -> Iterator[LoopbackServer]:
+    """A loopback GitHub statuses API."""
+    server = LoopbackServer([Reply(201, {"id": 1})], github_validator(GITHUB_TOKEN))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _termination_line(output: str) -> dict[str, object]:
     prefix = "skyguard: termination "
     line = next(line for line in output.splitlines() if line.startswith(prefix))
@@ -59,7 +76,7 @@ def _line_of(text: str) -> int:
 
 
 def test_the_head_names_the_node_and_the_rank_that_hung(
-    runners: RunnerCluster, chat: LoopbackServer
+    runners: RunnerCluster, chat: LoopbackServer, commit_status: LoopbackServer
 ) -> None:
     token = "whtok" + secrets.token_hex(24)
     runners.start(
@@ -69,7 +86,13 @@ def test_the_head_names_the_node_and_the_rank_that_hung(
             # Global ranks 2 and 3, as torchrun numbers them on the second node.
             1: (WATCH, [PYTHON, LAUNCH, "beating", "sleep"]),
         },
-        {"SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(chat, token)},
+        {
+            "SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(chat, token),
+            "GITHUB_TOKEN": GITHUB_TOKEN,
+            "SKYGUARD_GITHUB_REPO": "octo/trainer",
+            "SKYGUARD_GITHUB_API_URL": commit_status.url,
+            "SKYGUARD_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
+        },
     )
     codes = runners.wait()
     assert codes == {0: 75, 1: 75}, {rank: runners.output(rank)[-3000:] for rank in codes}
@@ -104,3 +127,6 @@ def test_the_head_names_the_node_and_the_rank_that_hung(
     text = message["embeds"][0]["description"].replace("\\", "")
     assert text.startswith("node 1 ended: heartbeat_timeout (exit 75): no heartbeat from rank 3 ")
     assert re.search(rf"stacks on node 1: rank 3 \(pid \d+\) {re.escape(culprit)}", text), text
+    # The commit status has 140 characters: the stuck node, rank and line go first.
+    ended = commit_status.requests[-1].json
+    assert ended["description"].endswith(f" - node 1 rank 3 {culprit}"), ended

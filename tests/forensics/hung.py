@@ -6,7 +6,10 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
 * ``sleep``: in Python, ``time.sleep`` inside ``_run_epoch``;
 * ``collective``: in a function named ``all_reduce``, blocked in C on a pipe read
   (what a rank waiting for a missing peer looks like);
+* ``recv``: the same in a function named ``recv``: a rank waiting for one peer in a
+  point-to-point receive, never joining the collective the others wait in;
 * ``syscall``: in C, ``select`` on a pipe nobody writes, called through ctypes;
+* ``lock``: in C, acquiring a ``threading.Lock`` it already holds;
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
 * ``silent``: never beats at all (and sleeps in ``_run_epoch``);
 * ``beating``: keeps beating forever (the healthy rank of a job);
@@ -28,6 +31,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 
 from devops.skypilot import heartbeat, stackdump
@@ -45,8 +49,18 @@ def all_reduce() -> None:
     os.read(read_end, 1)
 
 
+def recv() -> None:
+    os.read(read_end, 1)
+
+
 def blocking_select() -> None:
     libc.select(read_end + 1, ctypes.byref(fds), None, None, None)
+
+
+def take_twice() -> None:
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(blocking=True)
 
 
 def _run_epoch(mode: str) -> None:
@@ -54,8 +68,12 @@ def _run_epoch(mode: str) -> None:
         time.sleep(3600)
     elif mode == "collective":
         all_reduce()
+    elif mode == "recv":
+        recv()
     elif mode == "syscall":
         blocking_select()
+    elif mode == "lock":
+        take_twice()
     until = time.monotonic() + 2
     while mode == "beating" or (mode == "work" and time.monotonic() < until):
         heartbeat.beat()
@@ -81,7 +99,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "mode",
-        choices=["sleep", "silent", "collective", "syscall", "noterm", "beating", "work", "exit"],
+        choices=[
+            *("sleep", "silent", "collective", "recv", "syscall", "lock", "noterm"),
+            *("beating", "work", "exit"),
+        ],
     )
     parser.add_argument("--beats", type=int, default=0)
     args = parser.parse_args()

@@ -33,6 +33,9 @@ class StatusRule:
     detail: str
 
 
+#: RECOVERING caused by the job's exit code, as told apart by the controller's record.
+RECOVERING_ON_EXIT = "RECOVERING_ON_EXIT_CODE"
+
 #: JOB_STATUS, or the failure kind the controller recorded -> the rule; None: no news
 #: (a start is the runner's to tell: it sets the commit status pending).
 STATUS_RULES: dict[str, StatusRule | None] = {
@@ -66,8 +69,16 @@ STATUS_RULES: dict[str, StatusRule | None] = {
         Phase.RETRYING,
         R.NODE_LOST,
         True,
-        "SkyPilot is recovering the job: its node was lost (preemption) or the runner asked "
-        "for a retry",
+        "SkyPilot is recovering the job: its node was lost (preemption, a failed node)",
+    ),
+    # RECOVERING that SkyPilot's record puts down to the job's own exit code
+    # (recover_on_exit_codes: the runner's 75). The runner announced that retry before
+    # it exited; the controller only backs it up where it can check the runner's record.
+    RECOVERING_ON_EXIT: StatusRule(
+        Phase.RETRYING,
+        R.NODE_LOST,
+        False,
+        "SkyPilot is restarting the job on its exit code (recover_on_exit_codes)",
     ),
 }
 

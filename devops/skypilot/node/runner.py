@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
-from devops.skypilot.common.forensics import Forensics
+from devops.skypilot.common.forensics import Forensics, in_detail
 from devops.skypilot.common.lifecycle import JobContext, RunObserver
 from devops.skypilot.common.termination import (
     Outcome,
@@ -136,10 +136,13 @@ class Runner:
         # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
         since = time.time() - 2.0
         watchdog = self._watchdog = Watchdog.start(self.token, config.grace)  # never our child
+        watchdog.join_cgroup(self.token)  # where one can be made: all we start is born inside
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, ConfigError):  # nothing ran: no attempt to count
+                self.state.drop_checkpoint()
             self._tell("close")
             watchdog.close()
             raise
@@ -196,6 +199,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
+        # Before anything runs (observers, the preflight): a runner SIGKILLed from here
+        # on leaves a checkpoint, and the next start counts the attempt as abandoned.
+        self._checkpoint(ctx, 0.0, None)
         not_started = self._before_start(ctx, waker, runtime_used, started)
         if not_started is not None:
             return not_started, ChildEnd(None, None)
@@ -271,12 +277,16 @@ class Runner:
         if waker.stop_signal() is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal())
         if self.extensions.preflight is not None:
-            failed = _safely(
-                self.extensions,
-                "preflight",
-                lambda: waker.stop_signal() is not None,
-                {TOKEN_VAR: self.token},
-            )
+            checkpoint_due = [started + CHECKPOINT_INTERVAL]
+
+            def stop() -> bool:
+                # Polled all along the preflight: its runtime is checkpointed too.
+                if (now := time.monotonic()) >= checkpoint_due[0]:
+                    self._checkpoint(ctx, now - started, None)
+                    checkpoint_due[0] = now + CHECKPOINT_INTERVAL
+                return waker.stop_signal() is not None
+
+            failed = _safely(self.extensions, "preflight", stop, {TOKEN_VAR: self.token})
             duration = time.monotonic() - started
             if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
                 return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
@@ -325,10 +335,11 @@ class Runner:
             waker.wait(wake - time.monotonic())
 
     def _checkpoint(self, ctx: JobContext, elapsed: float, command: ProcessStamp | None) -> None:
+        cgroup = self._watchdog.cgroup_path if self._watchdog is not None else ""
         try:
             self.state.checkpoint(
                 RunningAttempt.by_this_runner(
-                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token
+                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token, cgroup
                 )
             )
         except OSError as error:
@@ -367,8 +378,8 @@ def _with_stacks(detail: str, forensics: Forensics | None, config: RunConfig) ->
     are: a node ending as ``peer_failed`` carries the deciding node's stacks in its
     detail before its own."""
     if forensics is not None and forensics.captured:
-        whose = f" on node {config.node_rank}" if config.num_nodes > 1 else ""
-        detail = f"{detail}; stacks{whose}: {forensics.summary}"
+        node = config.node_rank if config.num_nodes > 1 else None
+        detail = f"{detail}; {in_detail(forensics.summary, node)}"
     if forensics is not None and forensics.flight_recorder:
         detail = f"{detail}; {forensics.flight_recorder}"
     return detail

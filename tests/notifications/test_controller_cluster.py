@@ -1,14 +1,17 @@
-"""The recipe's event_callback on a jobs controller that has no skyguard (a controller cluster,
-SkyPilot's default): it runs the wheel the job shipped, found in SkyPilot's record of the job.
+"""``skyguard notify-event`` against SkyPilot's real jobs database, as on a controller cluster
+(SkyPilot's default: no ``consolidation_mode``, no skyguard installed, the runner's state in a
+bucket the controller cannot see).
 
-Real pieces, as far as one machine allows: SkyPilot's own Python with no skyguard importable
-(a fresh venv that sees only this venv's site-packages: SkyPilot and its dependencies, but
-not skyguard's editable finder), SkyPilot's jobs database in a fresh home holding the job's
-task as the controller stores it (the wheel's file mount rewritten to the controller's
-copy, as ``translate_local_file_mounts_to_two_hop`` does), the wheel ``skyguard launch``
-builds, the callback run as SkyPilot runs it (``bash -i FILE`` under its Python), and a
-loopback Discord. SkyPilot deletes its copy of the wheel when the job ends, before the last
-callback; the test deletes it too.
+The recipe's event_callback runs the wheel the job shipped, found in SkyPilot's record of the
+job. Real pieces, as far as one machine allows: SkyPilot's own Python with no skyguard
+importable (a fresh venv that sees only this venv's site-packages: SkyPilot and its
+dependencies, not skyguard's editable finder), SkyPilot's jobs database in a fresh home
+holding the job's task as the controller stores it (the wheel's file mount rewritten to the
+controller's copy, as ``translate_local_file_mounts_to_two_hop`` does), the wheel ``skyguard
+launch`` builds, the callback run as SkyPilot runs it (``bash -i FILE`` under its Python),
+and a loopback Discord. SkyPilot deletes its copy of the wheel when the job ends, before the
+last callback; the test deletes it too. And RECOVERING: SkyPilot's event record tells the
+runner's own retry (its exit 75) from a lost node.
 """
 
 from __future__ import annotations
@@ -227,3 +230,69 @@ def test_a_requirement_the_controller_lacks_is_installed_beside_it(tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["None", str(lib / "skyguard_test_dep.py"), "True"]
+
+
+_RECOVERING = """
+import asyncio, sys
+from sky.jobs import state
+code = sys.argv[2] or None
+asyncio.run(state.add_job_event_async(int(sys.argv[1]), 0, state.ManagedJobStatus.RECOVERING,
+                                      "recovering", code))
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        # The runner exited 75: it announced its retry itself, and the bucket that holds
+        # its sent-log is not visible here, so the controller says nothing more.
+        ("USER_JOB_FAILURE", "RECOVERING_ON_EXIT_CODE: retrying: the runner reports this end"),
+        # No code: a preempted or failed node; no runner could say it.
+        ("", "RECOVERING -> retrying/node_lost: discord: sent"),
+    ],
+)
+def test_recovering_tells_the_runners_retry_from_a_lost_node(
+    code: str, says: str, serve: Serve, webhook_token: str, tmp_path: Path
+) -> None:
+    server = serve([discord_ok])
+    url = webhook_url(server, webhook_token)
+    home = tmp_path / "controller-home"
+    home.mkdir()
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    task = {"name": "train", "run": "true", "secrets": {"SKYGUARD_DISCORD_WEBHOOK_URL": url}}
+    stored = subprocess.run(
+        [sys.executable, "-c", _STORE_JOB, json.dumps(task)],
+        cwd=home,
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    job_id = stored.stdout.split()[-1]
+    subprocess.run(
+        [sys.executable, "-c", _RECOVERING, job_id, code],
+        cwd=home,
+        env=bare,
+        timeout=120,
+        check=True,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "devops.skypilot", "notify-event"],
+        cwd=ROOT,
+        env={
+            **bare,
+            "JOB_STATUS": "RECOVERING",
+            "JOB_ID": job_id,
+            "TASK_ID": "0",
+            "SKYPILOT_TASK_ID": f"sky-managed-2026-01-02-03-04-05-123456_train_{job_id}-0",
+            "SKYGUARD_STATE_ROOT": str(tmp_path / "bucket-only-the-nodes-mount"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"skyguard notify-event: {says}" in result.stdout, result.stdout
+    assert len(server.requests) == (0 if code else 1)
