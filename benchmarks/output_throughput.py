@@ -1,7 +1,7 @@
 """How fast a chatty command's output gets through the runner (`benchmarks/output_throughput.py`).
 
 The same writer runs three ways, interleaved within one run of this script:
-``writer | cat > /dev/null`` (the baseline), ``skyguard run -- writer > /dev/null``
+``writer | cat > /dev/null`` (the reference), ``skyguard run -- writer > /dev/null``
 with the built-in monitors (log patterns included), and the same without log
 patterns (the copy alone). The writer writes ``--megabytes`` MiB with ``os.write``
 as fast as its pipe takes them, in 100-byte lines, 1 KiB lines or with no newline
@@ -10,6 +10,10 @@ its throughput is what back-pressure left it. For each run the harness also
 samples the runner's peak RSS and checks that ``logs/attempt-1.log`` holds every
 byte, in order. Reports median and spread of MB/s and of the ratio to ``cat`` in
 the same repeat; writes ``benchmarks/results/output_throughput.json``.
+
+``--baseline DIR`` adds a fourth way, interleaved with the others: the runner of
+another checkout (``git worktree add DIR COMMIT``) with the built-in monitors, so
+a change is measured against what it replaces under the same load.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ WAYS: dict[str, tuple[str, ...] | None] = {
     "skyguard, no log patterns": ("--config", "{tmp}/no-patterns.toml"),
 }
 NO_PATTERNS = "[log_patterns]\ndefaults = false\n"
+#: The way ``--baseline`` adds: another checkout's runner, built-in monitors.
+BASELINE = "baseline"
 
 WRITER = r"""
 import os, sys, time
@@ -90,12 +96,13 @@ def _peak_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
         pass
 
 
-def run_once(way: str, shape: str, megabytes: int, tmp: Path) -> Run:
+def run_once(way: str, shape: str, megabytes: int, tmp: Path, baseline: Path | None) -> Run:
     total = megabytes * BLOCK
     timing = tmp / "timing"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_REPO": str(REPO)}
+    runner_repo = baseline if way == BASELINE and baseline is not None else REPO
+    env = {**os.environ, "PYTHONPATH": str(runner_repo), "BENCH_REPO": str(REPO)}
     writer = [sys.executable, "-c", WRITER, str(SHAPES[shape]), str(total), str(timing)]
-    options = WAYS[way]
+    options = WAYS[way] if way != BASELINE else ()
     state = tmp / "state"
     peak = [0.0]
     with open(os.devnull, "wb") as devnull:
@@ -106,7 +113,9 @@ def run_once(way: str, shape: str, megabytes: int, tmp: Path) -> Run:
         else:
             filled = (option.replace("{tmp}", str(tmp)) for option in options)
             argv = [*runner_argv(state, *filled), *writer]
-            process = subprocess.Popen(argv, stdout=devnull, stderr=subprocess.PIPE, env=env)
+            process = subprocess.Popen(
+                argv, stdout=devnull, stderr=subprocess.PIPE, env=env, cwd=runner_repo
+            )
             stop = threading.Event()
             sampler = threading.Thread(target=_peak_rss, args=(process.pid, stop, peak))
             sampler.start()
@@ -131,11 +140,11 @@ def _log_complete(log: Path, shape: str, total: int) -> bool:
         return all(handle.read(BLOCK) == expected for _ in range(total // BLOCK))
 
 
-def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+def summarise(runs: list[Run], ways: list[str]) -> list[dict[str, Any]]:
     rows = []
     for shape in SHAPES:
         cat = [run.mb_per_s for run in runs if run.way == "cat" and run.shape == shape]
-        for way in WAYS:
+        for way in ways:
             mine = [run for run in runs if run.way == way and run.shape == shape]
             speeds = [run.mb_per_s for run in mine]
             ratios = [run.mb_per_s / base for run, base in zip(mine, cat, strict=True)]
@@ -161,11 +170,26 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def _commit(checkout: Path) -> str | None:
+    """The commit a ``--baseline`` checkout is at (never its path: results are shared)."""
+    found = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--megabytes", type=int, default=512, help="MiB per run")
+    parser.add_argument("--baseline", type=Path, help="another checkout's root, run as a 4th way")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "devops" / "skypilot").is_dir():
+        parser.error(f"--baseline {args.baseline}: not a checkout of this repository")
+    ways = [*WAYS, *([BASELINE] if args.baseline is not None else [])]
     runs: list[Run] = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -173,8 +197,8 @@ def main() -> int:
         (tmp / "no-patterns.toml").write_text(NO_PATTERNS)
         for _ in range(args.repeats):
             for shape in SHAPES:
-                for way in WAYS:
-                    runs.append(run_once(way, shape, args.megabytes, tmp))
+                for way in ways:
+                    runs.append(run_once(way, shape, args.megabytes, tmp, args.baseline))
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": (
@@ -183,7 +207,8 @@ def main() -> int:
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "megabytes_per_run": args.megabytes,
         "repeats": args.repeats,
-        "rows": summarise(runs),
+        "baseline_commit": _commit(args.baseline) if args.baseline is not None else None,
+        "rows": summarise(runs, ways),
     }
     write_json_atomic(RESULTS, result)
     print(

@@ -34,8 +34,8 @@ from devops.skypilot.node.cgroup import AttemptCgroup
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
+from tests.faults.output import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
 CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")

@@ -6,6 +6,8 @@ It registers the faulthandler dump (when ``SKYGUARD_FORENSICS_DIR`` is set), bea
 * ``sleep``: in Python, ``time.sleep`` inside ``_run_epoch``;
 * ``collective``: in a function named ``all_reduce``, blocked in C on a pipe read
   (what a rank waiting for a missing peer looks like);
+* ``recv``: the same in a function named ``recv``: a rank waiting for one peer in a
+  point-to-point receive, never joining the collective the others wait in;
 * ``syscall``: in C, ``select`` on a pipe nobody writes, called through ctypes;
 * ``lock``: in C, acquiring a ``threading.Lock`` it already holds;
 * ``noterm``: ``time.sleep`` with SIGTERM ignored;
@@ -47,6 +49,10 @@ def all_reduce() -> None:
     os.read(read_end, 1)
 
 
+def recv() -> None:
+    os.read(read_end, 1)
+
+
 def blocking_select() -> None:
     libc.select(read_end + 1, ctypes.byref(fds), None, None, None)
 
@@ -62,6 +68,8 @@ def _run_epoch(mode: str) -> None:
         time.sleep(3600)
     elif mode == "collective":
         all_reduce()
+    elif mode == "recv":
+        recv()
     elif mode == "syscall":
         blocking_select()
     elif mode == "lock":
@@ -92,7 +100,7 @@ def main() -> None:
     parser.add_argument(
         "mode",
         choices=[
-            *("sleep", "silent", "collective", "syscall", "lock", "noterm"),
+            *("sleep", "silent", "collective", "recv", "syscall", "lock", "noterm"),
             *("beating", "work", "exit"),
         ],
     )

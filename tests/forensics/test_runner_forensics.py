@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -213,3 +217,49 @@ def test_a_collective_timeout_line_captures_the_stacks(skyguard: SkyguardRunner)
     assert re.fullmatch(r"pid \d+: in \S+ at children\.py:\d+ \(main\)", forensics["summary"])
     assert forensics["captured"] == forensics["processes"] == 1
     assert record["detail"].endswith(f"; stacks: {forensics['summary']}")
+
+
+def test_without_py_spy_faulthandler_answers_within_the_bound(
+    skyguard: SkyguardRunner, tmp_path: Path
+) -> None:
+    """The runner finds py-spy on PATH or beside its interpreter: neither has one here."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("needs a virtual environment to copy without py-spy")
+    venv = tmp_path / "venv"  # this interpreter and its packages, no py-spy beside it
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(PYTHON)
+    shutil.copy(Path(sys.prefix) / "pyvenv.cfg", venv)
+    (venv / "lib").symlink_to(Path(sys.prefix) / "lib")
+    path = [d for d in os.environ["PATH"].split(os.pathsep) if not shutil.which("py-spy", path=d)]
+
+    @dataclass
+    class WithoutPySpy(SkyguardRunner):
+        def argv(self, args: Sequence[str]) -> list[str]:
+            return [str(venv / "bin" / "python"), *super().argv(args)[1:]]
+
+    runner = WithoutPySpy(skyguard.tmp_path, skyguard.tag)
+    result = runner.run(
+        [PYTHON, LAUNCH, "collective", "sleep"], *HANG, env={"PATH": os.pathsep.join(path)}
+    )
+    assert result.returncode == 75, result.stderr
+    forensics = result.record["forensics"]
+    assert forensics["sources"] == ["faulthandler"]
+    assert forensics["summary"].startswith("rank 1 (pid ")
+    assert (
+        f"in time.sleep at hung.py:{_line_of('time.sleep(3600)')} (_run_epoch)"
+        in (forensics["summary"])
+    )
+    stacks = (Path(forensics["directory"]) / "stacks.txt").read_text()
+    assert (
+        len(re.findall(r"^rank \d pid \d+ \(faulthandler; py-spy not installed\):$", stacks, re.M))
+        == 2
+    )
+    # The launcher never registered a dump: no way left to read it.
+    assert re.search(r"^pid \d+: no stack \(py-spy not installed\)$", stacks, re.M), stacks
+    # The bound (3 s; the slack only keeps a broken kill from hanging the suite), and
+    # the stop came after the capture.
+    assert forensics["elapsed_ms"] < 3000 + 1000
+    lines = result.stderr.splitlines()
+    captured = next(i for i, line in enumerate(lines) if line.startswith("skyguard: stacks ("))
+    stop = next(i for i, line in enumerate(lines) if "processes with SIGTERM" in line)
+    assert captured < stop

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -33,6 +34,8 @@ _DRAIN_TIMEOUT = 2.0
 #: waits for the log (back-pressure, as ``| tee`` gives), so a slow disk loses no byte
 #: and memory stays bounded.
 _MAX_BACKLOG = 16 << 20
+#: At most this many queued reads are written by one system call (below IOV_MAX).
+_MAX_CHUNKS = 64
 #: A log that wrote nothing for this long while the backlog was full (a hung bucket
 #: mount) is given up: the copy goes on without it, never blocked again.
 _STALL = 10.0
@@ -208,22 +211,24 @@ class AttemptLog:
                     self._queued.wait()
                 if not self._backlog:
                     return
-                chunk = self._backlog[0]
-            view = memoryview(chunk)
+                # Everything queued in one system call: a log that fell behind catches up
+                # with one wake-up, not one per read.
+                chunks = list(itertools.islice(self._backlog, _MAX_CHUNKS))
             try:
-                while view:
-                    done = os.write(self._fd, view)
-                    self._written += done
-                    self._progress_at = time.monotonic()
-                    view = view[done:]
+                done = os.writev(self._fd, chunks)
             except OSError as error:
                 with self._lock:
                     self._fail(error.strerror or str(error))
                 return
             with self._lock:
-                if self._backlog and self._backlog[0] is chunk:  # not dropped by _fail
-                    self._backlog.popleft()
-                    self._backlog_bytes -= len(chunk)
+                self._written += done
+                self._progress_at = time.monotonic()
+                if self._backlog and self._backlog[0] is chunks[0]:  # not dropped by _fail
+                    self._backlog_bytes -= done
+                    while done and done >= len(self._backlog[0]):
+                        done -= len(self._backlog.popleft())
+                    if done:  # a short write (a full disk's last bytes): the rest next
+                        self._backlog[0] = self._backlog[0][done:]
                 self._drained.notify_all()
 
     def _fail(self, why: str) -> None:
