@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devops.skypilot.common.lifecycle import Phase, phase_for
-from devops.skypilot.common.termination import Termination
+from devops.skypilot.common.termination import Announcer, Termination
 from devops.skypilot.common.termination import TerminationReason as R
 
 
@@ -118,7 +118,14 @@ def what_to_tell(rule: StatusRule, view: StateView) -> Told | str:
             "is not visible here to check"
         )
     last = view.last
-    if not view.unrecorded and last is not None and phase_for(last) is rule.phase:
+    if view.unrecorded or last is None:
+        return told
+    if last.announced_by is Announcer.CONTROLLER:
+        # The runner recorded a signal and left its announcement to us: SkyPilot's status
+        # says what the signal was (a cancel, or a preemption it is recovering from).
+        detail = f"{rule.detail}; the runner: {last.detail}"
+        return Told(rule.phase, last.reason, detail, last.exit_code, last.attempt)
+    if phase_for(last) is rule.phase:
         # The runner recorded this end: use its words, so the sent-log finds its
         # message (sent: nothing more) or its failure (sent now, as a backup).
         return Told(rule.phase, last.reason, last.detail, last.exit_code, last.attempt)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
 from devops.skypilot.common.forensics import Forensics, in_detail
-from devops.skypilot.common.lifecycle import JobContext, RunObserver
+from devops.skypilot.common.lifecycle import JobContext, RunObserver, announcer
 from devops.skypilot.common.termination import (
     Outcome,
     RetryPolicy,
@@ -76,6 +76,8 @@ class RunnerExtensions:
     #: A check run before the command on every attempt (the NCCL preflight); a
     #: verdict ends the attempt before the command starts.
     preflight: Preflight | None = None
+    #: Ends recorded as the jobs controller's to announce (``lifecycle.left_to_controller``).
+    left_to_controller: frozenset[TerminationReason] = frozenset()
 
 
 class Runner:
@@ -173,6 +175,7 @@ class Runner:
             node_rank=config.node_rank,
             task_id=config.task_id,
             forensics=self.forensics,
+            announced_by=announcer(decision.reason, self.extensions.left_to_controller),
         )
         try:
             self.state.record(termination, history)
