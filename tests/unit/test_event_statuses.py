@@ -9,7 +9,7 @@ import pytest
 from devops.skypilot.common.lifecycle import Phase, phase_for
 from devops.skypilot.common.termination import Termination, exit_code_for
 from devops.skypilot.common.termination import TerminationReason as R
-from devops.skypilot.controller.event import ATTEMPT_FILE, CONTROLLER_CHANNELS
+from devops.skypilot.controller.event import ATTEMPT_FILE
 from devops.skypilot.controller.statuses import (
     STATUS_RULES,
     StateView,
@@ -18,7 +18,7 @@ from devops.skypilot.controller.statuses import (
     what_to_tell,
 )
 from devops.skypilot.node.state import ATTEMPT_FILE as RUNNERS_ATTEMPT_FILE
-from notifications.orchestrator import ROUTES, route
+from notifications.orchestrator import CONTROLLER_CHANNELS, ROUTES, route
 
 #: (JOB_STATUS or recorded failure kind) -> (phase, reason, sent when the state is hidden)
 EXPECTED = {

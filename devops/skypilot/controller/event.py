@@ -39,14 +39,12 @@ from devops.skypilot.controller.statuses import (
 from notifications.cli import load_section
 from notifications.config import ConfigError, NotificationConfig
 from notifications.notifier import DeliveryStatus, Event
-from notifications.orchestrator import Orchestrator
+from notifications.orchestrator import CONTROLLER_CHANNELS, Orchestrator
 
 PREFIX = "skyguard notify-event:"
 #: The runner's checkpoint of a running attempt (``devops/skypilot/node/state.py``).
 ATTEMPT_FILE = "attempt.json"
 TERMINATION_FILE = "termination.json"
-#: W&B stays with the node: its run's files are there, and the controller lacks wandb.
-CONTROLLER_CHANNELS = ("discord", "slack", "github")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
