@@ -123,10 +123,12 @@ class AttemptCgroup:
         """Move this process (every thread) into it; False if the kernel refuses."""
         return self._move_here(self.path)
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """Move this process back to the cgroup it came from."""
-        if not self._move_here(self.path.parent):
-            logger.warning("skyguard: could not leave the attempt's cgroup %s", self.path)
+        if self._move_here(self.path.parent):
+            return True
+        logger.warning("skyguard: could not leave the attempt's cgroup %s", self.path)
+        return False
 
     @staticmethod
     def _move_here(cgroup: Path) -> bool:
@@ -182,8 +184,10 @@ class AttemptCgroup:
 
     def close(self) -> None:
         """Leave it and remove it. Call once the tree is stopped: anything still in it
-        (moved in from outside the runner's tree) is killed first, within a bound."""
-        self.leave()
+        (moved in from outside the runner's tree) is killed first, within a bound. If
+        the runner cannot leave, it stays: killing the cgroup would kill the runner."""
+        if not self.leave():
+            return
         deadline = time.monotonic() + _CLOSE_BOUND
         while not self.remove() and time.monotonic() < deadline:
             self.kill()
