@@ -103,12 +103,14 @@ def test_the_head_names_the_node_and_the_rank_that_hung(
     culprit = f"in time.sleep at hung.py:{_line_of('time.sleep(3600)')} (_run_epoch)"
     # Rank 2 was beating: caught anywhere in its loop, so only its name is checked.
     assert re.fullmatch(rf"rank 3 \(pid \d+\) {re.escape(culprit)}; rank 2: .+", summary), summary
-    # The rank that stopped while rank 2 kept beating, then this node's stacks.
-    expected = (
-        "no heartbeat from rank 3 for 1.0s (timeout 1s); rank 2 still beating; "
-        f"stacks on node 1: {summary}"
-    )
-    assert worker["detail"] == expected
+    # The rank that stopped while rank 2 kept beating (silent for the timeout, or a
+    # check later on a busy machine), then this node's stacks.
+    expected = worker["detail"]
+    assert re.fullmatch(
+        r"no heartbeat from rank 3 for \d+\.\ds \(timeout 1s\); rank 2 still beating; "
+        rf"stacks on node 1: {re.escape(summary)}",
+        expected,
+    ), expected
 
     head = runners.record(0)
     assert (head["reason"], head["monitor"]) == ("peer_failed", "PeerMonitor")

@@ -296,3 +296,32 @@ def test_recovering_tells_the_runners_retry_from_a_lost_node(
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"skyguard notify-event: {says}" in result.stdout, result.stdout
     assert len(server.requests) == (0 if code else 1)
+
+
+def test_a_requirement_pip_cannot_get_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "index").mkdir()
+    shipped = tiny_wheel(tmp_path, "skyguard", requires="skyguard-test-absent>=1")
+    lib = tmp_path / "lib"
+    check = (
+        "from pathlib import Path; from devops.skypilot.controller import bootstrap\n"
+        f"print(bootstrap.ensure_requirements(Path({str(shipped)!r}), Path({str(lib)!r})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(tmp_path / "index"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        f"cannot install skyguard-test-absent>=1 for skyguard into {lib} "
+        "(pip exited 1; the controller needs the package index)"
+    ]
