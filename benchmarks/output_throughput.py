@@ -8,8 +8,9 @@ as fast as its pipe takes them, in 100-byte lines, 1 KiB lines or with no newlin
 at all, and notes ``time.monotonic()`` before its first and after its last write:
 its throughput is what back-pressure left it. For each run the harness also
 samples the runner's peak RSS and checks that ``logs/attempt-1.log`` holds every
-byte, in order. Reports median and spread of MB/s and of the ratio to ``cat`` in
-the same repeat; writes ``benchmarks/results/output_throughput.json``.
+byte, in order. Reports median and spread of MB/s, of the ratio to ``cat`` in the
+same repeat, and of the CPU the copier (``cat``, or the runner without the writer)
+spent per GiB while the writer wrote; writes ``benchmarks/results/output_throughput.json``.
 
 ``--baseline DIR`` adds a fourth way, interleaved with the others: the runner of
 another checkout (``git worktree add DIR COMMIT``) with the built-in monitors, so
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,16 +86,41 @@ class Run:
     shape: str
     mb_per_s: float
     peak_rss_mb: float = 0.0
+    #: CPU seconds per GiB the copier (cat, or the runner: all its threads, not the
+    #: writer) spent while the writer wrote: the work the copy costs, which the
+    #: load of a shared machine moves far less than it moves the speed.
+    cpu_s_per_gib: float = 0.0
     log_complete: bool | None = None
 
 
-def _peak_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    try:
-        process = psutil.Process(pid)
-        while not stop.wait(0.01):
-            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
-    except psutil.Error:
-        pass
+class _Sampler(threading.Thread):
+    """Samples a process's CPU time and resident memory every 10 ms until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self._pid = pid
+        self.stop = threading.Event()
+        self.peak_rss_mb = 0.0
+        #: (monotonic time, user + system CPU seconds)
+        self.cpu: list[tuple[float, float]] = []
+
+    def run(self) -> None:
+        try:
+            process = psutil.Process(self._pid)
+            while not self.stop.wait(0.01):
+                with process.oneshot():
+                    times, rss = process.cpu_times(), process.memory_info().rss
+                self.cpu.append((time.monotonic(), times.user + times.system))
+                self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
+        except psutil.Error:
+            pass
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds spent from ``start`` to ``end`` (the samples nearest each)."""
+        if not self.cpu:
+            return 0.0
+        at = [min(self.cpu, key=lambda sample: abs(sample[0] - when))[1] for when in (start, end)]
+        return at[1] - at[0]
 
 
 def run_once(way: str, shape: str, megabytes: int, tmp: Path, baseline: Path | None) -> Run:
@@ -104,28 +131,32 @@ def run_once(way: str, shape: str, megabytes: int, tmp: Path, baseline: Path | N
     writer = [sys.executable, "-c", WRITER, str(SHAPES[shape]), str(total), str(timing)]
     options = WAYS[way] if way != BASELINE else ()
     state = tmp / "state"
-    peak = [0.0]
     with open(os.devnull, "wb") as devnull:
-        if options is None:
-            subprocess.run(
-                ["sh", "-c", '"$@" | cat', "sh", *writer], stdout=devnull, env=env, check=True
-            )
+        if options is None:  # writer | cat > /dev/null
+            source = subprocess.Popen(writer, stdout=subprocess.PIPE, env=env)
+            copier = subprocess.Popen(["cat"], stdin=source.stdout, stdout=devnull)
+            assert source.stdout is not None
+            source.stdout.close()
+            sampler = _Sampler(copier.pid)
+            sampler.start()
+            if source.wait() != 0 or copier.wait() != 0:
+                raise RuntimeError(f"writer | cat failed: {source.returncode}, {copier.returncode}")
         else:
             filled = (option.replace("{tmp}", str(tmp)) for option in options)
             argv = [*runner_argv(state, *filled), *writer]
-            process = subprocess.Popen(
+            copier = subprocess.Popen(
                 argv, stdout=devnull, stderr=subprocess.PIPE, env=env, cwd=runner_repo
             )
-            stop = threading.Event()
-            sampler = threading.Thread(target=_peak_rss, args=(process.pid, stop, peak))
+            sampler = _Sampler(copier.pid)
             sampler.start()
-            _, stderr = process.communicate()
-            stop.set()
-            sampler.join()
-            if process.returncode != 0:
-                raise RuntimeError(f"runner exited {process.returncode}: {stderr.decode()[-2000:]}")
+            _, stderr = copier.communicate()
+            if copier.returncode != 0:
+                raise RuntimeError(f"runner exited {copier.returncode}: {stderr.decode()[-2000:]}")
+        sampler.stop.set()
+        sampler.join()
     start, end = (float(value) for value in timing.read_text().split())
-    result = Run(way, shape, total / (end - start) / 1e6, peak[0])
+    cpu = sampler.cpu_between(start, end) / (total / 2**30)
+    result = Run(way, shape, total / (end - start) / 1e6, sampler.peak_rss_mb, cpu)
     if options is not None:
         result.log_complete = _log_complete(state / "logs" / "attempt-1.log", shape, total)
         shutil.rmtree(state)  # the next run is attempt 1 again
@@ -163,6 +194,11 @@ def summarise(runs: list[Run], ways: list[str]) -> list[dict[str, Any]]:
                         "max": max(ratios),
                     },
                     "peak_rss_mb": max(run.peak_rss_mb for run in mine),
+                    "cpu_s_per_gib": {
+                        "median": statistics.median(run.cpu_s_per_gib for run in mine),
+                        "min": min(run.cpu_s_per_gib for run in mine),
+                        "max": max(run.cpu_s_per_gib for run in mine),
+                    },
                     "log_complete": None if way == "cat" else all(run.log_complete for run in mine),
                     "n": len(mine),
                 }
@@ -215,16 +251,20 @@ def main() -> int:
         f"Output throughput ({result['date']}, {result['machine']}, {args.megabytes} MiB, "
         f"load average {result['load_average']})\n"
     )
-    print("| output | way | MB/s median (min-max) | / cat median (min-max) | peak RSS MB | log |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| output | way | MB/s median (min-max) | / cat median (min-max) "
+        "| CPU s/GiB median (min-max) | peak RSS MB | log |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in result["rows"]:
-        speed, ratio = row["mb_per_s"], row["ratio_to_cat"]
+        speed, ratio, cpu = row["mb_per_s"], row["ratio_to_cat"], row["cpu_s_per_gib"]
         log = {None: "", True: "complete", False: "**incomplete**"}[row["log_complete"]]
         rss = f"{row['peak_rss_mb']:.0f}" if row["way"] != "cat" else ""
         print(
             f"| {row['shape']} | {row['way']} "
             f"| {speed['median']:.0f} ({speed['min']:.0f}-{speed['max']:.0f}) "
-            f"| {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f}) | {rss} | {log} |"
+            f"| {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f}) "
+            f"| {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f}) | {rss} | {log} |"
         )
     return 0
 

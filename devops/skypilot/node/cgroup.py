@@ -89,8 +89,8 @@ class AttemptCgroup:
             return None
         try:
             (here / f"{PREFIX}{token}").mkdir()
-        except OSError as error:
-            logger.info("skyguard: no cgroup for this attempt (%s)", error.strerror or error)
+        except OSError as error:  # the usual case for an unprivileged user: not news
+            logger.debug("skyguard: no cgroup for this attempt (%s)", error.strerror or error)
             return None
         return cls(here / f"{PREFIX}{token}")
 
