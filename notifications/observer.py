@@ -4,9 +4,9 @@
 endpoint never delays the command's start; ``on_end`` waits for that (so the
 final status cannot be overtaken by the pending one) and announces the phase
 the attempt's :class:`Termination` puts the job in (retrying, succeeded,
-failed, cancelled). Both together stay within one notification deadline at the
-end, and neither raises: a failed send is logged as failed and changes nothing
-else.
+failed, cancelled), unless the record leaves that to SkyPilot's jobs controller.
+Both together stay within one notification deadline at the end, and neither
+raises: a failed send is logged as failed and changes nothing else.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from devops.skypilot.common.lifecycle import JobContext, Phase, RunObserver, phase_for
-from devops.skypilot.common.termination import Termination
+from devops.skypilot.common.termination import Announcer, Termination
 from notifications.config import NotificationConfig
 from notifications.notifier import Delivery, Event
-from notifications.orchestrator import Orchestrator
+from notifications.orchestrator import CONTROLLER_CHANNELS, Orchestrator
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,21 @@ class NotificationObserver(RunObserver):
         # `pending` from overwriting the final GitHub status.
         deadline_at = time.monotonic() + self.orchestrator.deadline
         self.wait_started(deadline_at - time.monotonic())
-        self._notify(ctx, phase_for(termination), termination, deadline_at)
+        phase = phase_for(termination)
+        leave: frozenset[str] = frozenset()
+        if termination.announced_by is Announcer.CONTROLLER:
+            # Its record says so: SkyPilot's jobs controller knows whether the signal was
+            # a cancel or a preemption, and says it once (skyguard notify-event) on its
+            # channels; W&B, which it does not serve, is still told from here.
+            leave = CONTROLLER_CHANNELS
+            if self.config.enabled:
+                logger.info(
+                    "skyguard: %s/%s: announcement left to SkyPilot's jobs controller (%s)",
+                    phase.value,
+                    termination.reason.value,
+                    ", ".join(sorted(leave)),
+                )
+        self._notify(ctx, phase, termination, deadline_at, leave)
 
     def wait_started(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for the start notification to finish."""
@@ -104,6 +118,7 @@ class NotificationObserver(RunObserver):
         phase: Phase,
         termination: Termination | None,
         deadline_at: float | None,
+        leave: frozenset[str] = frozenset(),
     ) -> None:
         self.last_deliveries = []
         if not self.config.enabled:
@@ -111,7 +126,11 @@ class NotificationObserver(RunObserver):
         try:
             event = self.event_for(ctx, phase, termination)
             self.last_deliveries = self.orchestrator.notify(
-                event, node_rank=ctx.node_rank, state_dir=ctx.state_dir, deadline_at=deadline_at
+                event,
+                node_rank=ctx.node_rank,
+                state_dir=ctx.state_dir,
+                deadline_at=deadline_at,
+                leave=leave,
             )
         except Exception as exc:  # notifications must never hurt the job
             logger.warning(

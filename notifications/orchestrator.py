@@ -81,6 +81,10 @@ LEVEL_CHANNELS: Mapping[Level, frozenset[str]] = {
     Level.ERROR: frozenset({"github", "discord", "slack", "wandb"}),
 }
 
+#: The channels SkyPilot's jobs controller sends on (``skyguard notify-event``). W&B
+#: stays with the node: the run's files are there, and the controller lacks wandb.
+CONTROLLER_CHANNELS: frozenset[str] = frozenset({"discord", "slack", "github"})
+
 
 def route(
     phase: Phase,
@@ -175,14 +179,16 @@ class Orchestrator:
         node_rank: int = 0,
         state_dir: Path | None = None,
         deadline_at: float | None = None,
+        leave: frozenset[str] = frozenset(),
     ) -> list[Delivery]:
         """Route, deduplicate and send ``event``; one delivery per routed channel.
 
         ``deadline_at`` (monotonic) overrides ``now + deadline`` when the caller
-        already spent part of its budget.
+        already spent part of its budget; ``leave`` names channels another sender
+        announces this event on (the jobs controller).
         """
         level, channels = route(event.phase, event.reason, self.routes, self.level_channels)
-        targets = [n for n in self.notifiers if n.name in channels]
+        targets = [n for n in self.notifiers if n.name in channels - leave]
         if node_rank != 0:
             # Every node sees the same end; the head node speaks for the job.
             return [

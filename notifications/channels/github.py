@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from devops.skypilot.common.forensics import culprit
 from devops.skypilot.common.lifecycle import Phase
 from notifications.http import (
     HttpTimeouts,
@@ -73,7 +74,8 @@ class GitHubSettings:
 
 
 def describe(event: Event) -> str:
-    """Plain text, at most 140 characters: ``failed: job_failed, exit 1, attempt 2, 1h 02m 03s``."""
+    """Plain text, at most 140 characters: ``failed: job_failed, exit 1, attempt 2, 1h 02m 03s``
+    and the detail, or, for a hang with stacks, where the stuck rank is."""
     parts = [event.phase.value + (f": {event.reason.value}" if event.reason else "")]
     if event.exit_code is not None and event.phase is not Phase.STARTED:
         parts.append(f"exit {event.exit_code}")
@@ -83,7 +85,9 @@ def describe(event: Event) -> str:
     if event.test:
         parts.insert(0, "skyguard notify --test")
     text = ", ".join(parts)
+    # A hang's stuck rank and line do not fit after the verdict's words: they go first.
     detail = " ".join(clean_text(event.detail).split())
+    detail = culprit(detail) or detail
     if detail:
         text += f" - {detail}"
     return text if len(text) <= DESCRIPTION_LIMIT else text[: DESCRIPTION_LIMIT - 1] + "…"

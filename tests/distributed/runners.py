@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,13 @@ class RunnerCluster:
         self._started = 0
 
     def start(
-        self, num_nodes: int, commands: dict[int, tuple[Sequence[str], Sequence[str]]]
+        self,
+        num_nodes: int,
+        commands: dict[int, tuple[Sequence[str], Sequence[str]]],
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
-        """``commands``: rank -> (runner options, command); later options win."""
+        """``commands``: rank -> (runner options, command); later options win.
+        ``extra_env`` goes into every node's environment."""
         self._started += 1
         for rank in range(num_nodes):
             options, command = commands.get(rank, ((), SLEEP))
@@ -58,6 +62,7 @@ class RunnerCluster:
                     "SKYPILOT_NODE_IPS": "\n".join(["127.0.0.1"] * num_nodes),
                     "SKYPILOT_TASK_ID": "sky-managed-runner-coordination_0",
                     "SKYGUARD_COORD_SECRET": "runner-coordination-secret",
+                    **(extra_env or {}),
                 }
             )
             argv = [

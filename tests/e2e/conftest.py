@@ -104,6 +104,23 @@ class Cluster:
         """``skyguard launch`` (the module, so it works before cli.py registers it)."""
         return self.run([str(self.python), "-m", "devops.skypilot", "launch", *argv])
 
+    def job_args(self, name: str) -> list[str]:
+        """The ``skyguard launch`` flags of every job of the tier: named ``name``, on the
+        local Slurm cluster, the smallest allocation, state on the shared root."""
+        return [
+            "--name",
+            name,
+            "--infra",
+            "slurm",
+            "--cpus",
+            "1",
+            "--memory",
+            "1",
+            "--state-root",
+            str(self.state_root),
+            "--skip-git-check",
+        ]
+
     def status(self, *argv: str) -> dict[str, Any]:
         out = self.run([str(self.python), "-m", "devops.skypilot", "status", *argv, "--json"])
         data: dict[str, Any] = json.loads(out)
@@ -200,20 +217,7 @@ class Jobs:
                 [str(self.cluster.python.parent / "skyguard"), "launch", *args], cwd=repo
             )
         )
-        out = launch(
-            "--name",
-            name,
-            "--infra",
-            "slurm",
-            "--cpus",
-            "1",
-            "--memory",
-            "1",
-            "--state-root",
-            str(self.cluster.state_root),
-            "--skip-git-check",
-            *argv,
-        )
+        out = launch(*self.cluster.job_args(name), *argv)
         lines = out.split()
         assert len(lines) == 1 and lines[0].isdigit(), f"launch printed {out!r}, not one job id"
         self.jobs[key] = Job(

@@ -1,8 +1,9 @@
 """`sky jobs cancel` of a running managed job: exactly one `cancelled` message.
 
-The runner on the node may announce the cancel (SIGTERM within its grace) and the
-jobs controller's event_callback (`skyguard notify-event`) announces it when the
-job is CANCELLED; the sent-log on the shared state root keeps it to one message.
+The runner on the node records a cancel (SIGTERM within its grace) and leaves its
+announcement to the jobs controller (the recipe's SKYGUARD_EVENTS_FROM_CONTROLLER),
+whose event_callback (`skyguard notify-event`) announces it when the job is
+CANCELLED: the one message is the controller's.
 The webhook is a loopback Discord server on this machine, which both the node
 (Slurm, same host) and the controller (consolidation mode, in the API server)
 reach; its URL goes in as a `--secret`, which SkyPilot does not pass to the callback.
@@ -88,12 +89,15 @@ def test_cancel_of_a_running_job_sends_exactly_one_cancelled_message(
         assert len(titles) == 1 and titles[0].endswith(": cancelled"), (
             f"messages: {titles}; callback said: {said}"
         )
-        assert "cancelled/signalled: discord:" in said, said
+        assert "cancelled/signalled: discord: sent" in said, said
         # The task's secrets were read from the controller's record of the job.
         assert not _callback_said(job.job_id, "cannot read the job's secrets")
         assert token not in said
         (state_dir,) = state_dirs(cluster, job.name)
         sent = json.loads((state_dir / "notifications.json").read_text())["sent"]
+        record = state_dir / "termination.json"
+        if record.exists():  # the runner got its grace: it recorded the cancel, sent nothing
+            assert json.loads(record.read_text())["announced_by"] == "controller"
         assert [(e["phase"], e["channel"]) for e in sent if e["phase"] == "cancelled"] == [
             ("cancelled", "discord")
         ]

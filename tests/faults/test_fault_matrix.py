@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,11 +30,12 @@ import pytest
 
 from devops.skypilot.common.credentials import COORD_SECRET_VAR, GITHUB_TOKEN_VAR
 from devops.skypilot.common.termination import Termination, TerminationReason
+from devops.skypilot.node.cgroup import AttemptCgroup
 from devops.skypilot.node.liveness import ProcessStamp
 from devops.skypilot.node.state import StateDir
 from tests.conftest import PYTHON, REPO, SkyguardRunner
-from tests.faults.children import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 from tests.faults.endpoint import TOKEN, Endpoint, free_port, serve
+from tests.faults.output import FATAL_AFTER_FLOOD, INVALID, numbered_lines, split_output
 
 CHILDREN = str(REPO / "tests" / "faults" / "children.py")
 CLOCK_JUMP = str(REPO / "tests" / "faults" / "clock_jump.py")
@@ -196,6 +198,8 @@ class Scenario:
     around: Callable[[Path], contextlib.AbstractContextManager[None]] | None = None
     #: The state dir is a tmpfs of this size ("256k") the test mounts (root only).
     state_tmpfs: str = ""
+    #: Only a cgroup of the attempt covers it: skipped where the runner cannot make one.
+    needs_cgroup: bool = False
 
 
 def child(*args: str) -> tuple[str, ...]:
@@ -655,13 +659,20 @@ def _watchdog(live: Live) -> list[psutil.Process]:
     return found
 
 
+def _checkpointed(live: Live, name: str) -> bool:
+    """attempt.json exists and names ``name`` (the runner writes it whole, by rename)."""
+    with contextlib.suppress(FileNotFoundError):
+        return bool(json.loads((live.state_dir / "attempt.json").read_text()).get(name))
+    return False
+
+
 def sigkill_runner(watchdog_too: bool) -> Action:
     """SIGKILL the runner (and its watchdog) mid-attempt. With the watchdog alive, wait
     until the whole tree is gone, then let the second runner start."""
 
     def act(live: Live) -> None:
         live.wait_ready()
-        live.wait_until("checkpointed", lambda: (live.state_dir / "attempt.json").exists())
+        live.wait_until("checkpointed the command", lambda: _checkpointed(live, "command_pid"))
         wrapper = psutil.Process(live.process.pid)
         (runner,) = [child for child in wrapper.children() if "devops.skypilot" in child.cmdline()]
         watchdog = _watchdog(live)
@@ -721,6 +732,36 @@ def preflight_ranks_die_with_the_runner(live: Live) -> None:
     live.wait_until("stopped the preflight ranks", ranks_gone, bound=30.0)
     assert not (live.state_dir / "nccl-preflight.json").exists(), "a rank ran on to its end"
     live.go.touch()
+
+
+def preflight_attempt_counted(done: Finished) -> None:
+    """The attempt killed in its preflight is in the history, abandoned."""
+    killed = done.on_disk["history"][1]
+    assert (killed["attempt"], killed["reason"]) == (2, "signalled"), killed
+    assert "before its command started" in killed["detail"], killed
+    assert "attempt 2 left no record; counting it" in done.stderr, done.stderr[-3000:]
+
+
+def cgroup_writable() -> bool:
+    """Whether the runner can make a cgroup for its attempt here."""
+    probe = AttemptCgroup.create(secrets.token_hex(16))
+    if probe is None:
+        return False
+    probe.remove()
+    return os.access(probe.path.parent / "cgroup.procs", os.W_OK)
+
+
+@contextlib.contextmanager
+def kill_escaped(tmp: Path) -> Iterator[None]:
+    """Whatever ``leave-tree`` started with an empty environment and is still alive at
+    the end is killed (it carries no leak tag): found by the pid file in its command line."""
+    try:
+        yield
+    finally:
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if str(tmp / "tree") in process.cmdline():
+                    process.kill()
 
 
 def tree_gone_at_restart(message: str) -> Check:
@@ -1094,10 +1135,17 @@ SCENARIOS: tuple[Scenario, ...] = (
             launcher="sigkill-restart",
             action=sigkill_runner(watchdog_too=watchdog_too),
             check=tree_gone_at_restart(said),
+            around=kill_escaped,
+            needs_cgroup=cleared == ("escaped",),
         )
         # A process of the command that cleared its environment (env -i) holds no
-        # token: the watchdog, or the next runner, finds it by the command's session.
-        for cleared, suffix in (((), ""), (("cleared",), "-env-cleared"))
+        # token: the watchdog, or the next runner, finds it by the command's session;
+        # one that also left the session (setsid env -i) only by the attempt's cgroup.
+        for cleared, suffix in (
+            ((), ""),
+            (("cleared",), "-env-cleared"),
+            (("escaped",), "-setsid-env-cleared"),
+        )
         for name, watchdog_too, said in (
             # The kernel kills the command with the runner, the watchdog the rest of the tree.
             (f"runner-sigkilled-tree-follows{suffix}", False, "the runner died; stopped"),
@@ -1116,10 +1164,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "completed",
         0,
         ("--preflight", "--grace", "1"),
-        history=2,  # no checkpoint before the command starts: the killed attempt left none
+        history=3,  # the attempt killed in its preflight counts (checkpointed before it)
         launcher="sigkill-restart",
         extra_env={"SKYPILOT_NUM_GPUS_PER_NODE": "2"},
         action=preflight_ranks_die_with_the_runner,
+        check=preflight_attempt_counted,
     ),
     # --- issue 13, fault 4: a pid-hopping descendant does not escape
     *(
@@ -1376,6 +1425,8 @@ def _params() -> list[Any]:
 def test_scenario(scenario: Scenario, skyguard: SkyguardRunner, tmp_path: Path) -> None:
     if scenario.launcher == "read-only" and not _can_remount():
         pytest.skip("needs a private mount namespace (unshare -m as root) for a read-only mount")
+    if scenario.needs_cgroup and not cgroup_writable():
+        pytest.skip("needs a writable cgroup v2 tree (a cgroup per attempt)")
     with contextlib.ExitStack() as stack:
         if scenario.state_tmpfs:
             stack.enter_context(_tmpfs(tmp_path / "state", scenario.state_tmpfs))

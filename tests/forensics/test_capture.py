@@ -104,6 +104,31 @@ def test_the_rank_outside_the_collective_is_named_with_its_line(ranks: Ranks, to
     )
 
 
+@pytest.mark.parametrize("tool", ["py-spy", "faulthandler"])
+def test_a_rank_in_a_recv_while_the_others_wait_in_the_collective_is_named(
+    ranks: Ranks, tool: str
+) -> None:
+    """Every rank waits, so none is "outside the collective": those in a
+    point-to-point receive never joined the collective the others wait in. Two and
+    two, so that the group sizes tell nothing."""
+    py_spy = find_py_spy() if tool == "py-spy" else None
+    if tool == "py-spy" and py_spy is None:
+        pytest.skip("py-spy is not installed (the forensics extra)")
+    ranks.start(0, "collective")
+    first = ranks.start(1, "recv")
+    ranks.start(2, "collective")
+    second = ranks.start(3, "recv")
+    results = _capture(ranks, py_spy)
+    assert {item.source for item in results} == {tool}
+    lines = Path(HUNG).read_text().splitlines()
+    recv_line = lines.index("def recv() -> None:") + 2
+    reduce_line = lines.index("def all_reduce() -> None:") + 2
+    assert summarize(results) == (
+        f"rank 1 (pid {first}), rank 3 (pid {second}) in os.read at hung.py:{recv_line} (recv); "
+        f"ranks 0, 2: in os.read at hung.py:{reduce_line} (all_reduce)"
+    )
+
+
 def test_a_rank_blocked_in_c_is_seen_by_faulthandler(ranks: Ranks) -> None:
     ranks.start(0, "collective")
     culprit = ranks.start(1, "syscall")

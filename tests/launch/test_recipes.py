@@ -225,6 +225,7 @@ def test_skypilots_appended_flush_runs_and_exits_with_the_runners_code(
 def copy_source(target: Path) -> Path:
     target.mkdir()
     shutil.copy(REPO / "pyproject.toml", target)
+    shutil.copy(REPO / "_skyguard_script.py", target)
     for package in ("devops", "notifications", "recipes"):
         shutil.copytree(
             REPO / package, target / package, ignore=shutil.ignore_patterns("__pycache__")

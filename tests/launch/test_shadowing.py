@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -62,6 +63,66 @@ def test_a_repo_module_hiding_skyguards_is_one_line(tmp_path: Path, layout: dict
     assert line.startswith("skyguard: error: cannot import skyguard's 'notifications")
     assert str(repo / hidden) in line and str(REPO / "notifications") in line
     assert packages.DOCS in line
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"devops/__init__.py": "", "devops/deploy.py": ""},
+        {"devops.py": "WHO = 'the training repo'\n"},
+    ],
+    ids=["package", "module"],
+)
+def test_a_repo_devops_on_pythonpath_is_one_line_from_the_script(
+    tmp_path: Path, layout: dict[str, str]
+) -> None:
+    """The ``skyguard`` script pip writes imports its entry point before any of skyguard's
+    code runs: a repo's ``devops`` found first there is one line too, not a traceback. A
+    wheel install (an editable one's finder runs before PYTHONPATH and hides nothing)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    # skyguard's requirements from this venv (a plain path line: its .pth files do not run).
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = build_wheel(tmp_path / "cache")
+    install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    install += ["install", "--quiet", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=120)
+    repo = tmp_path / "repo"
+    for name, text in layout.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    result = subprocess.run(
+        [str(venv / "bin" / "skyguard"), "status", "x", "--state-dir", str(tmp_path / "s")],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == EXIT_CONFIG_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    hidden = next(iter(layout)).partition("/")[0]
+    assert line.startswith("skyguard: error: cannot import skyguard's 'devops.skypilot")
+    assert str(repo / hidden) in line and str(site / "devops") in line
+    # The same script without the repo on PYTHONPATH runs skyguard.
+    clean = subprocess.run(
+        [str(venv / "bin" / "skyguard"), "--help"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert clean.returncode == 0 and "notify-event" in clean.stdout, clean.stderr
+
+
+def test_the_scripts_exit_code_is_the_runners_config_error() -> None:
+    import _skyguard_script
+
+    assert _skyguard_script.EXIT_CONFIG_ERROR == EXIT_CONFIG_ERROR
 
 
 def test_an_unrelated_import_error_is_not_blamed_on_shadowing() -> None:

@@ -142,7 +142,11 @@ def test_the_wheel_is_this_installation_and_the_same_bytes_every_time(tmp_path: 
         names = archive.namelist()
         info = f"skyguard-{metadata.version('skyguard')}.dist-info"
         # Every module and the recipes, byte for byte; no caches.
-        for relative in ("devops/skypilot/heartbeat.py", "notifications/__init__.py"):
+        for relative in (
+            "devops/skypilot/heartbeat.py",
+            "notifications/__init__.py",
+            "_skyguard_script.py",
+        ):
             assert archive.read(relative) == (REPO / relative).read_bytes()
         for recipe in ("job.yaml", "setup.sh"):
             assert (
@@ -151,8 +155,7 @@ def test_the_wheel_is_this_installation_and_the_same_bytes_every_time(tmp_path: 
             )
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
         assert (
-            "skyguard = devops.skypilot.cli:main"
-            in archive.read(f"{info}/entry_points.txt").decode()
+            "skyguard = _skyguard_script:main" in archive.read(f"{info}/entry_points.txt").decode()
         )
         # RECORD lists every other file with its real hash and size (pip checks it).
         record = archive.read(f"{info}/RECORD").decode().splitlines()

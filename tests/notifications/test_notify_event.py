@@ -54,6 +54,34 @@ def discord_messages(server: LoopbackServer) -> list[str]:
     return [r.json["embeds"][0]["title"].replace("\\", "") for r in server.requests]
 
 
+def run_notify_event(env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
+    """The real command, as the recipe's callback runs it, in a home of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "devops.skypilot", "notify-event"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def discord(serve: Serve, webhook_token: str) -> tuple[LoopbackServer, str]:
+    """A loopback Discord that stores every message, and its webhook URL."""
+    server = serve([discord_ok])
+    return server, webhook_url(server, webhook_token)
+
+
+@pytest.fixture
+def head_state(tmp_path: Path) -> Path:
+    """The head node's state dir under the state root ``tmp_path``."""
+    state_dir = tmp_path / KEY / "node-0"
+    state_dir.mkdir(parents=True)
+    return state_dir
+
+
 def announce(
     status: str,
     state_root: Path,
@@ -65,39 +93,17 @@ def announce(
 
 
 def test_a_cancel_is_announced_once_by_the_real_command(
-    serve: Serve, webhook_token: str, tmp_path: Path
+    discord: tuple[LoopbackServer, str], webhook_token: str, tmp_path: Path
 ) -> None:
-    server = serve([discord_ok])
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "SKYGUARD_DISCORD_WEBHOOK_URL": webhook_url(server, webhook_token),
-        **callback_env(tmp_path / "state", "CANCELLED"),
-    }
+    server, url = discord
     (tmp_path / "state").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "devops.skypilot", "notify-event"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = {"SKYGUARD_DISCORD_WEBHOOK_URL": url, **callback_env(tmp_path / "state", "CANCELLED")}
+    result = run_notify_event(env, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CANCELLED -> cancelled/signalled: discord: sent" in result.stdout
     assert webhook_token not in result.stdout + result.stderr
     # SkyPilot may call again for the same end: the second call finds it sent.
-    assert (
-        announce(
-            "CANCELLED",
-            tmp_path / "state",
-            SKYGUARD_DISCORD_WEBHOOK_URL=env["SKYGUARD_DISCORD_WEBHOOK_URL"],
-        )
-        == 0
-    )
+    assert announce("CANCELLED", tmp_path / "state", SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
     assert discord_messages(server) == ["train-7: cancelled"]
     sent = json.loads((tmp_path / "state" / KEY / "node-0" / "notifications.json").read_text())
     assert [(e["task_id"], e["phase"], e["reason"]) for e in sent["sent"]] == [
@@ -105,17 +111,18 @@ def test_a_cancel_is_announced_once_by_the_real_command(
     ]
 
 
+def runner_for(url: str) -> Orchestrator:
+    """The head node's runner, sending to Discord."""
+    return Orchestrator([DiscordNotifier(DiscordSettings(Secret(url), timeouts=HttpTimeouts()))])
+
+
 def test_the_runners_own_message_is_not_repeated(
-    serve: Serve, webhook_token: str, tmp_path: Path
+    discord: tuple[LoopbackServer, str], head_state: Path, tmp_path: Path
 ) -> None:
-    server = serve([discord_ok])
-    url = webhook_url(server, webhook_token)
-    state_dir = tmp_path / KEY / "node-0"
-    state_dir.mkdir(parents=True)
+    server, url = discord
     # The head node's runner announced the cancel (it got SIGTERM with grace).
-    runner = Orchestrator([DiscordNotifier(DiscordSettings(Secret(url), timeouts=HttpTimeouts()))])
-    told = runner.notify(
-        event_for_runner(Phase.CANCELLED, TerminationReason.SIGNALLED), state_dir=state_dir
+    told = runner_for(url).notify(
+        event_for_runner(Phase.CANCELLED, TerminationReason.SIGNALLED), state_dir=head_state
     )
     assert [d.ok for d in told] == [True]
     assert announce("CANCELLED", tmp_path, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
@@ -127,7 +134,7 @@ def event_for_runner(phase: Phase, reason: TerminationReason) -> event.Event:
 
 
 def test_controller_and_runner_at_the_same_moment_send_one_message(
-    serve: Serve, webhook_token: str, tmp_path: Path
+    serve: Serve, webhook_token: str, head_state: Path, tmp_path: Path
 ) -> None:
     """The runner holds the claim while its message is in flight; the controller waits
     for it and then finds the message sent (without the lock both would post)."""
@@ -139,13 +146,10 @@ def test_controller_and_runner_at_the_same_moment_send_one_message(
 
     server = serve([slow])
     url = webhook_url(server, webhook_token)
-    state_dir = tmp_path / KEY / "node-0"
-    state_dir.mkdir(parents=True)
-    runner = Orchestrator([DiscordNotifier(DiscordSettings(Secret(url), timeouts=HttpTimeouts()))])
     sending = threading.Thread(
-        target=runner.notify,
+        target=runner_for(url).notify,
         args=(event_for_runner(Phase.CANCELLED, TerminationReason.SIGNALLED),),
-        kwargs={"state_dir": state_dir},
+        kwargs={"state_dir": head_state},
     )
     sending.start()
     try:
@@ -157,10 +161,12 @@ def test_controller_and_runner_at_the_same_moment_send_one_message(
 
 
 def test_secrets_come_from_the_controllers_record_and_stay_out_of_every_text(
-    serve: Serve, webhook_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    discord: tuple[LoopbackServer, str],
+    webhook_token: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    server = serve([discord_ok])
-    url = webhook_url(server, webhook_token)
+    server, url = discord
     record = ControllerRecord(
         status="FAILED_SETUP",
         failure_reason=f"setup exited 1: curl {url} said 500",
@@ -177,10 +183,9 @@ def test_secrets_come_from_the_controllers_record_and_stay_out_of_every_text(
 
 
 def test_an_end_the_runner_reports_is_left_to_it_when_its_state_is_hidden(
-    serve: Serve, webhook_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    discord: tuple[LoopbackServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve([discord_ok])
-    url = webhook_url(server, webhook_token)
+    server, url = discord
     hidden = tmp_path / "bucket-only-the-nodes-mount"
     home = tmp_path / "home"
     os.environ["HOME"], old_home = str(home), os.environ.get("HOME", "")
@@ -198,54 +203,43 @@ def test_an_end_the_runner_reports_is_left_to_it_when_its_state_is_hidden(
 
 
 def test_a_node_lost_under_its_runner_is_announced(
-    serve: Serve, webhook_token: str, tmp_path: Path
+    discord: tuple[LoopbackServer, str], head_state: Path, tmp_path: Path
 ) -> None:
-    server = serve([discord_ok])
-    url = webhook_url(server, webhook_token)
-    state_dir = tmp_path / KEY / "node-0"
-    state_dir.mkdir(parents=True)
+    server, url = discord
     # Attempt 2 is running (its checkpoint is there) when the node is preempted.
-    (state_dir / "attempt.json").write_text(json.dumps({"attempt": 2}))
+    (head_state / "attempt.json").write_text(json.dumps({"attempt": 2}))
     assert announce("RECOVERING", tmp_path, SKYGUARD_DISCORD_WEBHOOK_URL=url) == 0
     assert discord_messages(server) == ["train-7: retrying"]
     assert "node_lost" in server.requests[0].body.decode()
 
 
-@pytest.mark.parametrize("status", ["STARTING", "STARTED", "CANCELLING", "NEW_IN_SKYPILOT_9"])
-def test_statuses_with_no_news_send_nothing(status: str, tmp_path: Path) -> None:
-    env = {"JOB_STATUS": status}
-    result = subprocess.run(
-        [sys.executable, "-m", "devops.skypilot", "notify-event"],
-        cwd=ROOT,
-        env={**env, "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0
-    assert result.stdout.startswith(f"skyguard notify-event: {status}: ")
-    assert len(result.stdout.splitlines()) == 1
+#: SkyPilot's call -> (exit code, the one line on stdout or stderr).
+CALLS = {
+    "no news: STARTING": ({"JOB_STATUS": "STARTING"}, 0, "STARTING: nothing to tell"),
+    "no news: STARTED": ({"JOB_STATUS": "STARTED"}, 0, "STARTED: nothing to tell"),
+    "no news: CANCELLING": ({"JOB_STATUS": "CANCELLING"}, 0, "CANCELLING: nothing to tell"),
+    "a new status": (
+        {"JOB_STATUS": "NEW_IN_SKYPILOT_9"},
+        0,
+        "NEW_IN_SKYPILOT_9: a status skyguard does not know; nothing sent",
+    ),
+    "no status": (
+        {},
+        2,
+        "JOB_STATUS is not set: this is SkyPilot's event_callback (recipes/job.yaml), "
+        "run by the jobs controller",
+    ),
+    "a bad job id": ({"JOB_STATUS": "CANCELLED", "JOB_ID": "x"}, 2, "JOB_ID='x' is not a number"),
+}
 
 
-@pytest.mark.parametrize(
-    ("env", "says"),
-    [({}, "JOB_STATUS is not set"), ({"JOB_STATUS": "CANCELLED", "JOB_ID": "x"}, "JOB_ID='x'")],
-)
-def test_called_wrongly_is_one_line_and_exit_2(
-    env: dict[str, str], says: str, tmp_path: Path
-) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "devops.skypilot", "notify-event"],
-        cwd=ROOT,
-        env={**env, "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert says in result.stderr and len(result.stderr.splitlines()) == 1
+@pytest.mark.parametrize("case", sorted(CALLS))
+def test_a_call_with_nothing_to_send_is_one_line(case: str, tmp_path: Path) -> None:
+    env, code, line = CALLS[case]
+    result = run_notify_event(env, tmp_path)
+    assert result.returncode == code
+    said = result.stdout if code == 0 else result.stderr
+    assert said.splitlines() == [f"skyguard notify-event: {line}"]
     assert "Traceback" not in result.stderr
 
 
@@ -281,23 +275,28 @@ def run_recipe_callback(
     )
 
 
-def test_the_recipes_callback_runs_in_the_controllers_own_python(tmp_path: Path) -> None:
-    result = run_recipe_callback(tmp_path, {}, via_shell=False)
-    assert result.stdout == "skyguard notify-event: STARTED: nothing to tell\n", result.stderr
+#: case -> (env, a plain shell between the controller's Python and the callback, stdout).
+RECIPE_CALLS = {
+    "the controller's own Python": ({}, False, "skyguard notify-event: STARTED: nothing to tell"),
+    "SKYGUARD_CONTROLLER_PYTHON": (
+        {"SKYGUARD_CONTROLLER_PYTHON": sys.executable},
+        True,
+        "skyguard notify-event: STARTED: nothing to tell",
+    ),
+    "no skyguard, no SkyPilot": (
+        {},
+        True,
+        "skyguard notify-event: skyguard is not installed on the jobs controller: nothing "
+        "sent for STARTED (set SKYGUARD_CONTROLLER_PYTHON; docs/notifications.md)",
+    ),
+}
 
 
-def test_the_recipes_callback_takes_the_python_it_is_given(tmp_path: Path) -> None:
-    result = run_recipe_callback(
-        tmp_path, {"SKYGUARD_CONTROLLER_PYTHON": sys.executable}, via_shell=True
-    )
-    assert result.stdout == "skyguard notify-event: STARTED: nothing to tell\n", result.stderr
-
-
-def test_the_recipes_callback_without_skyguard_is_one_line(tmp_path: Path) -> None:
-    result = run_recipe_callback(tmp_path, {}, via_shell=True)
+@pytest.mark.parametrize("case", sorted(RECIPE_CALLS))
+def test_the_recipes_callback_finds_skyguard_or_says_so(case: str, tmp_path: Path) -> None:
+    env, via_shell, line = RECIPE_CALLS[case]
+    result = run_recipe_callback(tmp_path, env, via_shell)
     assert result.returncode == 0
-    assert result.stdout.splitlines() == [
-        "skyguard notify-event: skyguard is not installed on the jobs controller: nothing sent "
-        "for STARTED (set SKYGUARD_CONTROLLER_PYTHON; docs/notifications.md)"
-    ]
-    assert result.stderr == ""
+    assert result.stdout.splitlines() == [line], result.stderr
+    # bash -i under a Python without a terminal warns about job control; nothing else.
+    assert "Traceback" not in result.stderr and (result.stderr == "" or not via_shell)

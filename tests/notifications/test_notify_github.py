@@ -151,3 +151,24 @@ def test_missing_token_or_repo_disables_the_channel() -> None:
     assert GitHubNotifier(GitHubSettings(repo="o/r")).missing() is not None
     assert GitHubNotifier(GitHubSettings(token=Secret("t"))).missing() is not None
     assert GitHubNotifier(GitHubSettings(token=Secret("t"), repo="o/r")).enabled
+
+
+def test_a_hang_names_the_stuck_rank_and_line_first() -> None:
+    """The verdict's words would fill the 140 characters before the stacks' line."""
+    detail = (
+        "node 1 ended: heartbeat_timeout (exit 75): no heartbeat from rank 3 for 8.0s "
+        "(timeout 8s); rank 2 still beating; stacks on node 1: rank 3 (pid 4242) in "
+        "time.sleep at train.py:64 (_run_epoch); rank 2: in all_reduce at train.py:70 "
+        "(_run_epoch) [HeartbeatMonitor]; stacks on node 0: ranks 0, 1: in all_reduce at "
+        "train.py:70 (_run_epoch)"
+    )
+    event = make_event(reason=TerminationReason.PEER_FAILED, exit_code=75, detail=detail)
+    assert describe(event) == (
+        "failed: peer_failed, exit 75, attempt 2, 1h 02m 03s - "
+        "node 1 rank 3 in time.sleep at train.py:64 (_run_epoch)"
+    )
+    single = "no heartbeat for 8.0s (timeout 8s); stacks: rank 1 (pid 7) in recv at w.py:9 (main)"
+    assert describe(make_event(detail=single)).endswith(" - rank 1 in recv at w.py:9 (main)")
+    # Only the runner's own "; stacks" part counts, not words in a crash's output.
+    crash = "command exited 1: printed stacks: none"
+    assert describe(make_event(detail=crash)).endswith(" - command exited 1: printed stacks: none")

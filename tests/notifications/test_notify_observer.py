@@ -12,12 +12,16 @@ import pytest
 from devops.skypilot.common.lifecycle import Phase, RunObserver
 from devops.skypilot.common.termination import (
     EXIT_RETRY,
+    Announcer,
     Termination,
     TerminationReason,
     exit_code_for,
 )
 from notifications.channels.discord import PHASE_COLOURS
+from notifications.config import NotificationConfig
+from notifications.notifier import Delivery, Event, Notifier
 from notifications.observer import NotificationObserver
+from notifications.orchestrator import Orchestrator
 from tests.notifications.notify_fakes import (
     LoopbackServer,
     Reply,
@@ -244,3 +248,37 @@ def test_the_final_status_is_sent_after_the_pending_one_is_answered(
     pending, failure = status.requests
     assert [pending.json["state"], failure.json["state"]] == ["pending", "failure"]
     assert failure.at - pending.at >= 1.0
+
+
+class RunSummary(Notifier):
+    """The W&B channel as the orchestrator sees it: records what it is told."""
+
+    name = "wandb"
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Phase, TerminationReason | None]] = []
+
+    def missing(self) -> str | None:
+        return None
+
+    def _send(self, event: Event, deadline: float | None) -> Delivery:
+        self.told.append((event.phase, event.reason))
+        return Delivery.sent(self.name)
+
+
+def test_an_end_left_to_the_controller_is_told_only_where_the_controller_cannot(
+    channels: tuple[LoopbackServer, LoopbackServer, dict[str, str]], tmp_path: Path
+) -> None:
+    """The jobs controller announces a signal on chat and GitHub; W&B, which it does
+    not serve (the run's files are on the node), still hears it from the runner."""
+    chat, status, env = channels
+    config = NotificationConfig.from_sources(None, env)
+    run = RunSummary()
+    observer = NotificationObserver(
+        config, Orchestrator([*(n for n in config.notifiers() if n.name != "wandb"), run])
+    )
+    left = dataclasses.replace(end(TerminationReason.SIGNALLED), announced_by=Announcer.CONTROLLER)
+    observer.on_end(job_context(tmp_path), left)
+    assert chat.requests == [] and status.requests == []
+    assert run.told == [(Phase.CANCELLED, TerminationReason.SIGNALLED)]
+    assert [d.channel for d in observer.last_deliveries] == ["wandb"]

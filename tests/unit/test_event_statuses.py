@@ -9,7 +9,7 @@ import pytest
 from devops.skypilot.common.lifecycle import Phase, phase_for
 from devops.skypilot.common.termination import Termination, exit_code_for
 from devops.skypilot.common.termination import TerminationReason as R
-from devops.skypilot.controller.event import ATTEMPT_FILE, CONTROLLER_CHANNELS
+from devops.skypilot.controller.event import ATTEMPT_FILE
 from devops.skypilot.controller.statuses import (
     STATUS_RULES,
     StateView,
@@ -18,7 +18,7 @@ from devops.skypilot.controller.statuses import (
     what_to_tell,
 )
 from devops.skypilot.node.state import ATTEMPT_FILE as RUNNERS_ATTEMPT_FILE
-from notifications.orchestrator import ROUTES, route
+from notifications.orchestrator import CONTROLLER_CHANNELS, ROUTES, route
 
 #: (JOB_STATUS or recorded failure kind) -> (phase, reason, sent when the state is hidden)
 EXPECTED = {
@@ -35,6 +35,7 @@ EXPECTED = {
     "FAILED_CONTROLLER": (Phase.FAILED, R.CONTROLLER_FAILED, True),
     "CANCELLED": (Phase.CANCELLED, R.SIGNALLED, True),
     "RECOVERING": (Phase.RETRYING, R.NODE_LOST, True),
+    "RECOVERING_ON_EXIT_CODE": (Phase.RETRYING, R.NODE_LOST, False),
 }
 
 
@@ -74,6 +75,14 @@ def test_every_status_skypilot_calls_back_with_or_records_is_in_the_table() -> N
     called |= {"FAILED", "CANCELLING", "CANCELLED"}
     kinds = {s.value for s in ManagedJobStatus.failure_statuses()}
     assert called | kinds <= set(STATUS_RULES)
+
+
+def test_the_restart_on_exit_code_event_is_skypilots() -> None:
+    from sky.jobs.state import USER_JOB_FAILURE_EVENT_CODE
+
+    from devops.skypilot.controller.skypilot_record import RESTART_ON_EXIT_CODE
+
+    assert RESTART_ON_EXIT_CODE == USER_JOB_FAILURE_EVENT_CODE
 
 
 @pytest.mark.parametrize("status", sorted(s for s, r in EXPECTED.items() if r))

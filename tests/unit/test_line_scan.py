@@ -69,7 +69,11 @@ def test_blocks_decide_as_lines_do(seed: int, patterns: tuple[LogPattern, ...]) 
         for line in lines[start:end]:
             by_line.observe_line(line)
             # At every block boundary both have seen the same lines: same decision.
-        by_block.observe_output("\n".join(lines[start:end]).encode())
+        # As the runner hands it over: a span of a read that holds other lines too.
+        block = "\n".join(lines[start:end]).encode()
+        around = rng.choice(lines).encode()
+        read = around + b"\n" + block + b"\n" + around
+        by_block.observe_span(read, len(around) + 1, len(around) + 1 + len(block))
         assert _state(by_block) == _state(by_line), (seed, start, end)
         start = end
 

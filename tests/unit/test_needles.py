@@ -106,3 +106,27 @@ def test_needles_at_the_edges_of_a_block() -> None:
     assert finder.line_starts(first) == {0}
     assert finder.line_starts(first[1:]) == set()
     assert finder.line_starts(b"") == set()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_span_is_searched_in_place_as_its_slice_would_be(kind: str) -> None:
+    """The runner hands the finder a read of the pipe with bounds: needles before the
+    span, after it, and cut by either edge must not count; offsets are the read's."""
+    needle = NEEDLES[0]
+    # Needles cut in two by each edge of the span: whole only in the read.
+    block = needle[3:] + b" x\n" + _block(7, kind) + b"\ny " + needle[:-3]
+    before, after = b"x " + needle + b"\n" + needle[:3], needle[-3:] + b"\n" + needle
+    data = before + block + after
+    start, end = len(before), len(before) + len(block)
+    expected = {at + start for at in _expected(block)}
+    assert expected
+    for search in (
+        lambda finder: finder.line_starts(data, start, end),
+        lambda finder: finder._fallback(data, start, end),
+        lambda finder: (setattr(finder, "_regex", None), finder._fallback(data, start, end))[1],
+    ):
+        assert search(NeedleFinder(NEEDLES)) == expected
+    for other in KINDS:
+        plan = choose_plan(NEEDLES, _block(107, other, 200))
+        found = find_by_plan(data, plan, 10**9, start, end)
+        assert found is not None and found[0] == expected

@@ -193,12 +193,24 @@ def test_termination_round_trips_through_json() -> None:
 def test_every_record_field_is_checked_when_read_back() -> None:
     import dataclasses
 
-    from devops.skypilot.common.termination import RECORD_FIELDS, Termination
+    from devops.skypilot.common.termination import (
+        OPTIONAL_FIELDS,
+        RECORD_FIELDS,
+        Announcer,
+        Termination,
+    )
 
-    assert {*RECORD_FIELDS, "forensics"} == {f.name for f in dataclasses.fields(Termination)}
+    assert {*RECORD_FIELDS, *OPTIONAL_FIELDS} == {f.name for f in dataclasses.fields(Termination)}
     record = Termination(R.COMPLETED, 0, 0, None, "d", "", 1, "s", "e", 1.5, 0, "t")
     assert Termination.from_json(record.to_json()) == record
     assert Termination.from_json({**record.to_json(), "duration": 2}).duration == 2.0
+    left = dataclasses.replace(record, announced_by=Announcer.CONTROLLER)
+    assert Termination.from_json(left.to_json()) == left
+    # A record written before the field existed: the runner announced it.
+    older = {k: v for k, v in left.to_json().items() if k != "announced_by"}
+    assert Termination.from_json(older).announced_by is Announcer.RUNNER
+    with pytest.raises(ValueError, match="announced_by"):
+        Termination.from_json({**record.to_json(), "announced_by": "nobody"})
 
 
 def test_a_lost_record_spends_the_retry_budget() -> None:

@@ -9,6 +9,7 @@ in :attr:`Forensics.directory`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,32 @@ class Forensics:
         values["elapsed_ms"] = float(values["elapsed_ms"])
         values["sources"] = tuple(values.get("sources", ()))
         return cls(**values)
+
+
+#: A summary in a termination's detail (appended as ``; `` + :func:`in_detail`); its
+#: first group ends at the next ``;`` (the next group) or `` [`` (the monitor a
+#: forwarded end names).
+_IN_DETAIL = re.compile(r"; stacks(?: on node (?P<node>\d+))?: (?P<first>.+?)(?:;| \[|$)")
+_PID = re.compile(r" \(pid \d+\)")
+
+
+def in_detail(summary: str, node: int | None = None) -> str:
+    """How the summary rides in a termination's detail: ``stacks: ...``, or, in a
+    multi-node job, ``stacks on node 1: ...`` (the head's detail carries the deciding
+    node's stacks, then its own)."""
+    whose = "" if node is None else f" on node {node}"
+    return f"stacks{whose}: {summary}"
+
+
+def culprit(detail: str) -> str:
+    """The first summary's first group in ``detail``, without pids: the deciding node's
+    odd rank out, for a channel with room for little else (``node 1 rank 3 in
+    time.sleep at train.py:54 (_run_epoch)``). '' if the detail holds no stacks."""
+    match = _IN_DETAIL.search(detail)
+    if match is None:
+        return ""
+    node = f"node {match['node']} " if match["node"] else ""
+    return node + _PID.sub("", match["first"]).strip()
 
 
 SOURCES = fields.Kind(

@@ -9,11 +9,50 @@ exit code or leave the command running.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from devops.skypilot.common.termination import EXIT_RETRY, Termination, TerminationReason
+from devops.skypilot.common.termination import (
+    EXIT_RETRY,
+    Announcer,
+    Termination,
+    TerminationReason,
+)
+from devops.skypilot.common.values import ConfigError
+
+#: Set by the recipe next to its ``event_callback``: SkyPilot's jobs controller runs
+#: ``skyguard notify-event`` for this task.
+EVENTS_FROM_CONTROLLER_ENV = "SKYGUARD_EVENTS_FROM_CONTROLLER"
+#: Set by SkyPilot's jobs controller on every task it manages (``sky/jobs/controller.py``);
+#: the recipe's env alone is not enough: ``sky launch`` of the recipe runs no callback.
+MANAGED_JOB_ENV = "SKYPILOT_MANAGED_JOB_ID"
+
+#: Who announces each end when the jobs controller runs skyguard's callback (any reason
+#: not here: the runner, which decided it). A signal comes from outside: SIGTERM is the
+#: same for ``sky jobs cancel`` and a preemption, and only the controller knows which it
+#: was (CANCELLED or RECOVERING), also when it cannot see the runner's sent-log.
+ANNOUNCER_WITH_CALLBACK: Mapping[TerminationReason, Announcer] = {
+    TerminationReason.SIGNALLED: Announcer.CONTROLLER,
+}
+
+
+def announcer(reason: TerminationReason, left: frozenset[TerminationReason]) -> Announcer:
+    """Who announces an end of ``reason``, given :func:`left_to_controller`'s answer."""
+    return Announcer.CONTROLLER if reason in left else Announcer.RUNNER
+
+
+def left_to_controller(env: Mapping[str, str]) -> frozenset[TerminationReason]:
+    """The ends this runner records and leaves to the jobs controller to announce."""
+    marker = env.get(EVENTS_FROM_CONTROLLER_ENV, "").strip()
+    if marker not in ("", "0", "1"):
+        raise ConfigError(f"{EVENTS_FROM_CONTROLLER_ENV}={marker!r}: use 1 (the recipe's) or 0")
+    if marker != "1" or not env.get(MANAGED_JOB_ENV, "").strip():
+        return frozenset()
+    return frozenset(
+        reason for reason, who in ANNOUNCER_WITH_CALLBACK.items() if who is Announcer.CONTROLLER
+    )
 
 
 class Phase(str, Enum):

@@ -325,6 +325,14 @@ def decide(
     return Decision(reason, exit_code_for(reason, outcome.child_returncode), detail, monitor)
 
 
+class Announcer(str, Enum):
+    """Who announces an attempt's end (``devops/skypilot/common/lifecycle.py`` decides)."""
+
+    RUNNER = "runner"
+    #: SkyPilot's jobs controller, through ``skyguard notify-event``.
+    CONTROLLER = "controller"
+
+
 @dataclass(frozen=True)
 class Termination:
     """The record of one attempt, written to ``<state-dir>/termination.json``."""
@@ -347,18 +355,22 @@ class Termination:
     #: Where a hung job's processes were, captured before the stop; None otherwise
     #: (and in records written before forensics existed).
     forensics: Forensics | None = None
+    #: Records written before the jobs controller announced anything say nothing: the runner.
+    announced_by: Announcer = Announcer.RUNNER
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["reason"] = self.reason.value
+        data["announced_by"] = self.announced_by.value
         data["forensics"] = self.forensics.to_json() if self.forensics else None
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> Termination:
         """Build a record from JSON, every field checked; ValueError names a bad one."""
-        values = checked(data, RECORD_FIELDS, {"forensics": fields.optional(fields.OBJECT)})
+        values = checked(data, RECORD_FIELDS, OPTIONAL_FIELDS)
         values["reason"] = TerminationReason(values["reason"])
+        values["announced_by"] = Announcer(values.get("announced_by", Announcer.RUNNER))
         values["duration"] = float(values["duration"])
         raw = values.get("forensics")
         try:
@@ -385,4 +397,9 @@ RECORD_FIELDS: Mapping[str, fields.Kind] = {
     "duration": fields.SECONDS,
     "node_rank": fields.COUNT,
     "task_id": fields.TEXT,
+}
+#: Fields a record may lack (written before they existed).
+OPTIONAL_FIELDS: Mapping[str, fields.Kind] = {
+    "forensics": fields.optional(fields.OBJECT),
+    "announced_by": fields.one_of(who.value for who in Announcer),
 }

@@ -24,19 +24,27 @@ from pathlib import Path
 from devops.skypilot.common.identity import run_key
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, Termination
 from devops.skypilot.common.values import ConfigError as ValueConfigError
-from devops.skypilot.controller.skypilot_record import ControllerRecord, read_record
-from devops.skypilot.controller.statuses import STATUS_RULES, StateView, Told, what_to_tell
+from devops.skypilot.controller.skypilot_record import (
+    RESTART_ON_EXIT_CODE,
+    ControllerRecord,
+    read_record,
+)
+from devops.skypilot.controller.statuses import (
+    RECOVERING_ON_EXIT,
+    STATUS_RULES,
+    StateView,
+    Told,
+    what_to_tell,
+)
 from notifications.cli import load_section
 from notifications.config import ConfigError, NotificationConfig
 from notifications.notifier import DeliveryStatus, Event
-from notifications.orchestrator import Orchestrator
+from notifications.orchestrator import CONTROLLER_CHANNELS, Orchestrator
 
 PREFIX = "skyguard notify-event:"
 #: The runner's checkpoint of a running attempt (``devops/skypilot/node/state.py``).
 ATTEMPT_FILE = "attempt.json"
 TERMINATION_FILE = "termination.json"
-#: W&B stays with the node: its run's files are there, and the controller lacks wandb.
-CONTROLLER_CHANNELS = ("discord", "slack", "github")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,8 +122,11 @@ def main(args: argparse.Namespace) -> int:
 def announce(status: str, record: ControllerRecord, env: dict[str, str], job_id: int) -> int:
     for problem in record.problems:
         say(problem)
-    # SkyPilot says FAILED for every failure; its record says which.
+    # SkyPilot says FAILED for every failure; its record says which. Likewise RECOVERING
+    # for a lost node and for the runner's own retry (its exit 75).
     kind = record.status if status == "FAILED" and record.status in STATUS_RULES else status
+    if status == "RECOVERING" and record.recovery_code == RESTART_ON_EXIT_CODE:
+        kind = RECOVERING_ON_EXIT
     rule = STATUS_RULES[kind]
     if rule is None:
         return 0

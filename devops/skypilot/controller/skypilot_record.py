@@ -19,6 +19,9 @@ from devops.skypilot.common.credentials import CREDENTIALS
 
 #: The secrets notifications read: skyguard's own, and GitHub's usual token name.
 NOTIFY_SECRETS = frozenset(CREDENTIALS) | {"GITHUB_TOKEN"}
+#: The code SkyPilot puts on a RECOVERING event when the job's own exit asked for the
+#: restart on a healthy cluster (``recover_on_exit_codes``; ``sky/jobs/state.py``).
+RESTART_ON_EXIT_CODE = "USER_JOB_FAILURE"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class ControllerRecord:
     secrets: Mapping[str, str] = field(default_factory=dict)
     #: What could not be read, one line each.
     problems: tuple[str, ...] = ()
+    #: The code of the task's newest RECOVERING event (None: none, or no code).
+    recovery_code: str | None = None
 
 
 def _why(what: str, exc: BaseException) -> str:
@@ -53,6 +58,15 @@ def read_record(job_id: int, task_index: int) -> ControllerRecord:
         failure_reason = job_state.get_failure_reason(job_id) or ""
     except Exception as exc:
         problems.append(_why("status", exc))
+    recovery_code = None
+    try:
+        # Newest first; SkyPilot records the event before it runs the callback.
+        for found_event in job_state.get_job_events(job_id, task_index):
+            if getattr(found_event["new_status"], "value", None) == "RECOVERING":
+                recovery_code = found_event["code"]
+                break
+    except Exception as exc:
+        problems.append(_why("recovery event", exc))
     secrets: dict[str, str] = {}
     try:
         content = file_content_utils.get_job_dag_content(job_id)
@@ -65,4 +79,4 @@ def read_record(job_id: int, task_index: int) -> ControllerRecord:
                 secrets[name] = plain
     except Exception as exc:
         problems.append(_why("secrets", exc))
-    return ControllerRecord(status, failure_reason, secrets, tuple(problems))
+    return ControllerRecord(status, failure_reason, secrets, tuple(problems), recovery_code)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devops.skypilot.common.lifecycle import Phase, phase_for
-from devops.skypilot.common.termination import Termination
+from devops.skypilot.common.termination import Announcer, Termination
 from devops.skypilot.common.termination import TerminationReason as R
 
 
@@ -32,6 +32,9 @@ class StatusRule:
     when_state_hidden: bool
     detail: str
 
+
+#: RECOVERING caused by the job's exit code, as told apart by the controller's record.
+RECOVERING_ON_EXIT = "RECOVERING_ON_EXIT_CODE"
 
 #: JOB_STATUS, or the failure kind the controller recorded -> the rule; None: no news
 #: (a start is the runner's to tell: it sets the commit status pending).
@@ -66,8 +69,16 @@ STATUS_RULES: dict[str, StatusRule | None] = {
         Phase.RETRYING,
         R.NODE_LOST,
         True,
-        "SkyPilot is recovering the job: its node was lost (preemption) or the runner asked "
-        "for a retry",
+        "SkyPilot is recovering the job: its node was lost (preemption, a failed node)",
+    ),
+    # RECOVERING that SkyPilot's record puts down to the job's own exit code
+    # (recover_on_exit_codes: the runner's 75). The runner announced that retry before
+    # it exited; the controller only backs it up where it can check the runner's record.
+    RECOVERING_ON_EXIT: StatusRule(
+        Phase.RETRYING,
+        R.NODE_LOST,
+        False,
+        "SkyPilot is restarting the job on its exit code (recover_on_exit_codes)",
     ),
 }
 
@@ -107,7 +118,14 @@ def what_to_tell(rule: StatusRule, view: StateView) -> Told | str:
             "is not visible here to check"
         )
     last = view.last
-    if not view.unrecorded and last is not None and phase_for(last) is rule.phase:
+    if view.unrecorded or last is None:
+        return told
+    if last.announced_by is Announcer.CONTROLLER:
+        # The runner recorded a signal and left its announcement to us: SkyPilot's status
+        # says what the signal was (a cancel, or a preemption it is recovering from).
+        detail = f"{rule.detail}; the runner: {last.detail}"
+        return Told(rule.phase, last.reason, detail, last.exit_code, last.attempt)
+    if phase_for(last) is rule.phase:
         # The runner recorded this end: use its words, so the sent-log finds its
         # message (sent: nothing more) or its failure (sent now, as a backup).
         return Told(rule.phase, last.reason, last.detail, last.exit_code, last.attempt)

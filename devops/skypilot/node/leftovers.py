@@ -24,10 +24,13 @@ The processes of an attempt are found two ways:
   differs), the session was given up entirely and reused, and is not searched.
 
 The command itself is also named by pid and start time
-(:class:`~devops.skypilot.node.liveness.ProcessStamp`), never by pid alone. What
-neither finds: a process that both cleared its environment and left the session
-(``setsid env -i ...``).
+(:class:`~devops.skypilot.node.liveness.ProcessStamp`), never by pid alone.
 
+Where the runner could make a cgroup for the attempt
+(:mod:`devops.skypilot.node.cgroup`), every process in it is the attempt's too and
+``cgroup.kill`` ends them; that alone finds a process that both cleared its
+environment and left the session (``setsid env -i ...``). Without one, such a
+process is found by neither way and runs on.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from collections.abc import Sequence
 
 import psutil
 
+from devops.skypilot.node.cgroup import AttemptCgroup
 from devops.skypilot.node.liveness import ProcessStamp, boot_id
 from devops.skypilot.node.state import RunningAttempt
 
@@ -98,16 +102,47 @@ def _in_session(pid: int, session: ProcessStamp) -> bool:
     return stamp is not None and stamp.start_ticks >= session.start_ticks
 
 
-def stop(token: str, grace: float, command: ProcessStamp | None = None) -> int:
+def _members(cgroup: AttemptCgroup | None) -> list[psutil.Process]:
+    found = []
+    for pid in cgroup.pids() if cgroup is not None else ():
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def _all(
+    token: str, command: ProcessStamp | None, cgroup: AttemptCgroup | None
+) -> list[psutil.Process]:
+    found = {process.pid: process for process in _members(cgroup)}
+    found.update((process.pid, process) for process in find(token, command))
+    return list(found.values())
+
+
+def stop(
+    token: str,
+    grace: float,
+    command: ProcessStamp | None = None,
+    cgroup: AttemptCgroup | None = None,
+) -> int:
     """SIGTERM every process of the attempt, wait up to ``grace``, SIGKILL until none
-    is left (bounded); how many there were."""
-    found = find(token, command)
+    is left (bounded), remove its cgroup; how many there were."""
+    found = _all(token, command, cgroup)
     _send(found, "terminate")
     psutil.wait_procs(found, timeout=grace)
     deadline = time.monotonic() + _KILL_ROUNDS
-    while (left := find(token, command)) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if cgroup is not None and cgroup.populated():
+            cgroup.kill()  # all at once: one forked since the listing too
+        left = find(token, command)
+        if not left and not (cgroup is not None and cgroup.populated()):
+            break
         _send(left, "kill")
-        psutil.wait_procs(left, timeout=0.5)
+        if waiting := [*left, *_members(cgroup)]:
+            psutil.wait_procs(waiting, timeout=0.5)
+        else:  # the cgroup's last ones are exiting: the kernel clears "populated" soon
+            time.sleep(0.05)
+    if cgroup is not None and not cgroup.remove():
+        logger.warning("skyguard: could not remove %s: a process is still in it", cgroup.path)
     return len(found)
 
 
@@ -123,7 +158,8 @@ def stop_abandoned(running: RunningAttempt, grace: float) -> None:
         return
     if not running.command_token and not running.command_pid:
         return  # written by a skyguard that did not say
-    count = stop(running.command_token, grace, running.command())
+    cgroup = AttemptCgroup.named(running.cgroup, running.command_token)
+    count = stop(running.command_token, grace, running.command(), cgroup)
     if count:
         logger.warning(
             "skyguard: stopped %d process(es) left running by attempt %d", count, running.attempt

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from devops.skypilot.common.console import say
-from devops.skypilot.common.lifecycle import RunObserver
+from devops.skypilot.common.lifecycle import RunObserver, left_to_controller
 from devops.skypilot.common.termination import EXIT_CONFIG_ERROR, EXIT_SUCCESS, Verdict
 from devops.skypilot.common.values import ConfigError
 from devops.skypilot.node.config import RunConfig, add_run_arguments, build_config
@@ -115,6 +115,7 @@ def build_extensions(config: RunConfig, sky: SkyPilotEnv) -> RunnerExtensions:
             os.environ, config.state_dir, config.heartbeat_timeout or None
         ),
         preflight=_preflight(config, sky) if config.preflight else None,
+        left_to_controller=left_to_controller(os.environ),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -33,6 +34,8 @@ _DRAIN_TIMEOUT = 2.0
 #: waits for the log (back-pressure, as ``| tee`` gives), so a slow disk loses no byte
 #: and memory stays bounded.
 _MAX_BACKLOG = 16 << 20
+#: At most this many queued reads are written by one system call (below IOV_MAX).
+_MAX_CHUNKS = 64
 #: A log that wrote nothing for this long while the backlog was full (a hung bucket
 #: mount) is given up: the copy goes on without it, never blocked again.
 _STALL = 10.0
@@ -40,9 +43,10 @@ _STALL = 10.0
 RESERVE_FILE = ".record-reserve"
 RESERVE_BYTES = 65536
 
-#: Takes whole lines of output joined by newlines (no trailing newline), as the command
-#: wrote them: every line completed by one read, or one piece of a line cut at ``_MAX_LINE``.
-LineSink = Callable[[bytes], None]
+#: Takes ``data[start:end]``: whole lines of output joined by newlines (no trailing
+#: newline), as the command wrote them: every line completed by one read, or one piece
+#: of a line cut at ``_MAX_LINE``. ``data`` is the read itself, uncopied (immutable).
+LineSink = Callable[[bytes, int, int], None]
 
 
 class _Tee(threading.Thread):
@@ -72,69 +76,70 @@ class _Tee(threading.Thread):
 
     def run(self) -> None:
         _grow_pipe(self._source_fd)
-        # One buffer for every read: a fresh MiB per read (os.read) and per slice of it
-        # churns the allocator (mmap-sized blocks, page faults) and cost more CPU than
-        # the copy itself once the monitors read the output.
-        buffer = bytearray(_READ_SIZE)
-        view = memoryview(buffer)
         try:
-            while size := os.readv(self._source_fd, [buffer]):
+            # A fresh bytes object per read, never read into again: the monitors (by
+            # bounds), our stdout and the log thread's queue all get this one object,
+            # so no byte is copied in Python. (A reused buffer cost a copy for the log's
+            # queue and one for the monitors, and a MiB buffer written on every read
+            # misses the cache: the read itself cost twice as much.)
+            while data := os.read(self._source_fd, _READ_SIZE):
                 # The monitors first: a log write stalled on a slow bucket mount (or a
                 # slow reader of our stdout) must not keep a fatal line from them past
                 # the drain, or a retryable end is decided as the command's own failure.
                 if self._sink is not None:
-                    self._lines(buffer, size)
-                self._forward(view[:size])
-                # The log thread queues what it is given: a copy, as the buffer is
-                # read into again.
-                self._log.write(bytes(view[:size]))
+                    self._lines(data)
+                self._forward(data)
+                self._log.write(data)
             if self._pending and self._sink is not None:
-                self._sink(self._pending)
+                self._sink(self._pending, 0, len(self._pending))
         except OSError as error:
             logger.warning("skyguard: output reader stopped: %s", error)
         finally:
             self._source.close()
 
-    def _forward(self, chunk: memoryview) -> None:
+    def _forward(self, data: bytes) -> None:
         if not self._target_open:
             return
         try:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._target_fd, view) :]
+            done = os.write(self._target_fd, data)
+            if done < len(data):
+                view = memoryview(data)[done:]
+                while view:
+                    view = view[os.write(self._target_fd, view) :]
         except OSError:
             # Our own stdout went away; keep draining the command so it never blocks.
             self._target_open = False
 
-    def _lines(self, buffer: bytearray, size: int) -> None:
-        """Hand the monitors every line the read of ``size`` bytes into ``buffer``
-        completes, as blocks of whole lines (bytes copies: the buffer is read into again).
-
-        The unfinished line is joined to the read's first line only, or to the rest of
-        a piece of ``_MAX_LINE``, never to the whole read (a MiB copied twice)."""
+    def _lines(self, data: bytes) -> None:
+        """Hand the monitors every line ``data`` (one read) completes, as spans of whole
+        lines given by their bounds in ``data``: nothing is copied but a line begun
+        by an earlier read, joined to the read's first line only (or to the rest of a
+        piece of ``_MAX_LINE``), never the whole read."""
         sink, pending = self._sink, self._pending
         assert sink is not None
-        position = 0
-        end = buffer.rfind(b"\n", 0, size)
+        size, position = len(data), 0
+        end = data.rfind(b"\n")
         if end >= 0:
             if pending:
-                first = buffer.find(b"\n", 0, size)
-                sink(pending + buffer[:first])
+                first = data.find(b"\n")
+                joined = pending + data[:first]
+                sink(joined, 0, len(joined))
                 position = first + 1
             if position <= end:
-                sink(bytes(memoryview(buffer)[position:end]))
+                sink(data, position, end)
             position = end + 1
         elif pending:
             room = _MAX_LINE - len(pending)
             if size <= room:
-                self._pending = pending + buffer[:size]
+                self._pending = pending + data
                 return
-            sink(pending + buffer[:room])
+            joined = pending + data[:room]
+            sink(joined, 0, len(joined))
             position = room
         while size - position > _MAX_LINE:
-            sink(bytes(buffer[position : position + _MAX_LINE]))
+            sink(data, position, position + _MAX_LINE)
             position += _MAX_LINE
-        self._pending = bytes(buffer[position:size])
+        self._pending = data[position:]
 
 
 def _grow_pipe(fd: int) -> None:
@@ -206,22 +211,24 @@ class AttemptLog:
                     self._queued.wait()
                 if not self._backlog:
                     return
-                chunk = self._backlog[0]
-            view = memoryview(chunk)
+                # Everything queued in one system call: a log that fell behind catches up
+                # with one wake-up, not one per read.
+                chunks = list(itertools.islice(self._backlog, _MAX_CHUNKS))
             try:
-                while view:
-                    done = os.write(self._fd, view)
-                    self._written += done
-                    self._progress_at = time.monotonic()
-                    view = view[done:]
+                done = os.writev(self._fd, chunks)
             except OSError as error:
                 with self._lock:
                     self._fail(error.strerror or str(error))
                 return
             with self._lock:
-                if self._backlog and self._backlog[0] is chunk:  # not dropped by _fail
-                    self._backlog.popleft()
-                    self._backlog_bytes -= len(chunk)
+                self._written += done
+                self._progress_at = time.monotonic()
+                if self._backlog and self._backlog[0] is chunks[0]:  # not dropped by _fail
+                    self._backlog_bytes -= done
+                    while done and done >= len(self._backlog[0]):
+                        done -= len(self._backlog.popleft())
+                    if done:  # a short write (a full disk's last bytes): the rest next
+                        self._backlog[0] = self._backlog[0][done:]
                 self._drained.notify_all()
 
     def _fail(self, why: str) -> None:

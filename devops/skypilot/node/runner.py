@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 from devops.skypilot.common.console import say
 from devops.skypilot.common.credentials import without_credentials
-from devops.skypilot.common.forensics import Forensics
-from devops.skypilot.common.lifecycle import JobContext, RunObserver
+from devops.skypilot.common.forensics import Forensics, in_detail
+from devops.skypilot.common.lifecycle import JobContext, RunObserver, announcer
 from devops.skypilot.common.termination import (
     Outcome,
     RetryPolicy,
@@ -76,6 +76,8 @@ class RunnerExtensions:
     #: A check run before the command on every attempt (the NCCL preflight); a
     #: verdict ends the attempt before the command starts.
     preflight: Preflight | None = None
+    #: Ends recorded as the jobs controller's to announce (``lifecycle.left_to_controller``).
+    left_to_controller: frozenset[TerminationReason] = frozenset()
 
 
 class Runner:
@@ -136,10 +138,13 @@ class Runner:
         # Wall clock, for the mtimes of dumps written during this attempt (2 s: coarse mtimes).
         since = time.time() - 2.0
         watchdog = self._watchdog = Watchdog.start(self.token, config.grace)  # never our child
+        watchdog.join_cgroup(self.token)  # where one can be made: all we start is born inside
         become_subreaper()
         try:
             outcome, child = self._attempt(ctx, monitors, waker, runtime_used)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, ConfigError):  # nothing ran: no attempt to count
+                self.state.drop_checkpoint()
             self._tell("close")
             watchdog.close()
             raise
@@ -161,7 +166,7 @@ class Runner:
             exit_code=decision.exit_code,
             child_exit_code=child.child_exit_code,
             signal=child.signal,
-            detail=child.detail(_with_stacks(decision.detail, self.forensics)),
+            detail=child.detail(_with_stacks(decision.detail, self.forensics, config)),
             monitor=decision.monitor,
             attempt=ctx.attempt,
             started_at=ctx.started_at,
@@ -170,6 +175,7 @@ class Runner:
             node_rank=config.node_rank,
             task_id=config.task_id,
             forensics=self.forensics,
+            announced_by=announcer(decision.reason, self.extensions.left_to_controller),
         )
         try:
             self.state.record(termination, history)
@@ -196,6 +202,9 @@ class Runner:
     ) -> tuple[Outcome, ChildEnd]:
         config = self.config
         started = time.monotonic()
+        # Before anything runs (observers, the preflight): a runner SIGKILLed from here
+        # on leaves a checkpoint, and the next start counts the attempt as abandoned.
+        self._checkpoint(ctx, 0.0, None)
         not_started = self._before_start(ctx, waker, runtime_used, started)
         if not_started is not None:
             return not_started, ChildEnd(None, None)
@@ -271,12 +280,16 @@ class Runner:
         if waker.stop_signal() is not None:  # cancelled while observers were told
             return Outcome(None, runner_signal=waker.stop_signal())
         if self.extensions.preflight is not None:
-            failed = _safely(
-                self.extensions,
-                "preflight",
-                lambda: waker.stop_signal() is not None,
-                {TOKEN_VAR: self.token},
-            )
+            checkpoint_due = [started + CHECKPOINT_INTERVAL]
+
+            def stop() -> bool:
+                # Polled all along the preflight: its runtime is checkpointed too.
+                if (now := time.monotonic()) >= checkpoint_due[0]:
+                    self._checkpoint(ctx, now - started, None)
+                    checkpoint_due[0] = now + CHECKPOINT_INTERVAL
+                return waker.stop_signal() is not None
+
+            failed = _safely(self.extensions, "preflight", stop, {TOKEN_VAR: self.token})
             duration = time.monotonic() - started
             if waker.stop_signal() is not None:  # signalled during the preflight: start nothing
                 return Outcome(None, runner_signal=waker.stop_signal(), duration=duration)
@@ -325,10 +338,11 @@ class Runner:
             waker.wait(wake - time.monotonic())
 
     def _checkpoint(self, ctx: JobContext, elapsed: float, command: ProcessStamp | None) -> None:
+        cgroup = self._watchdog.cgroup_path if self._watchdog is not None else ""
         try:
             self.state.checkpoint(
                 RunningAttempt.by_this_runner(
-                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token
+                    ctx.attempt, ctx.started_at, elapsed, utc_now(), command, self.token, cgroup
                 )
             )
         except OSError as error:
@@ -360,12 +374,15 @@ class Runner:
             _safely(observer, hook, *args)
 
 
-def _with_stacks(detail: str, forensics: Forensics | None) -> str:
+def _with_stacks(detail: str, forensics: Forensics | None, config: RunConfig) -> str:
     """The summary rides in the detail too: every channel and `skyguard status` show
     the detail, each within its own limits. A capture that found no Python stack (a
-    shell script) stays in the record only."""
+    shell script) stays in the record only. Multi-node, the stacks say whose they
+    are: a node ending as ``peer_failed`` carries the deciding node's stacks in its
+    detail before its own."""
     if forensics is not None and forensics.captured:
-        detail = f"{detail}; stacks: {forensics.summary}"
+        node = config.node_rank if config.num_nodes > 1 else None
+        detail = f"{detail}; {in_detail(forensics.summary, node)}"
     if forensics is not None and forensics.flight_recorder:
         detail = f"{detail}; {forensics.flight_recorder}"
     return detail
@@ -376,13 +393,13 @@ def _output_sink(monitors: Sequence[Monitor]) -> LineSink | None:
     they are not even split). The list is read live: a disabled monitor drops out."""
     if not any(monitor.reads_output for monitor in monitors):
         return None
-    return lambda block: _feed(monitors, block)
+    return lambda data, start, end: _feed(monitors, data, start, end)
 
 
-def _feed(monitors: Sequence[Monitor], block: bytes) -> None:
+def _feed(monitors: Sequence[Monitor], data: bytes, start: int, end: int) -> None:
     for monitor in monitors:
         if monitor.reads_output:
-            _safely(monitor, "observe_output", block)
+            _safely(monitor, "observe_span", data, start, end)
 
 
 def _explain(monitor: Monitor) -> Verdict | None:

@@ -70,6 +70,7 @@ CHECKPOINT_EXTRA: Mapping[str, fields.Kind] = {
     "command_pid": fields.PID,
     "command_start_ticks": fields.COUNT,
     "command_token": fields.TEXT,
+    "cgroup": fields.TEXT,
 }
 #: Lost attempts filled in at most: enough for any retry budget, bounded against a
 #: stray ``logs/attempt-999999.log``.
@@ -97,6 +98,8 @@ class RunningAttempt:
     command_pid: int = 0
     command_start_ticks: int = 0
     command_token: str = ""
+    #: The attempt's own cgroup, where the runner could make one ("" where not).
+    cgroup: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> RunningAttempt:
@@ -114,6 +117,7 @@ class RunningAttempt:
         checkpointed_at: str,
         command: ProcessStamp | None = None,
         token: str = "",
+        cgroup: str = "",
     ) -> RunningAttempt:
         stamp = ProcessStamp.own()
         if stamp is None:  # no /proc: never mistaken for a live runner
@@ -130,6 +134,7 @@ class RunningAttempt:
             command.pid if command else 0,
             command.start_ticks if command else 0,
             token,
+            cgroup,
         )
 
     def command(self) -> ProcessStamp:
@@ -208,6 +213,11 @@ class StateDir:
 
     def checkpoint(self, running: RunningAttempt) -> None:
         write_json_atomic(self.path / ATTEMPT_FILE, running.__dict__)
+
+    def drop_checkpoint(self) -> None:
+        """Forget the running attempt: it never started anything."""
+        with contextlib.suppress(OSError):
+            (self.path / ATTEMPT_FILE).unlink()
 
     def take_abandoned(self) -> RunningAttempt | None:
         """A checkpoint left by a runner that died before recording its end."""
@@ -327,7 +337,8 @@ def abandoned_termination(running: RunningAttempt, node_rank: int, task_id: str)
         child_exit_code=None,
         signal=None,
         detail=(
-            "runner died without recording an end (SIGKILL or machine lost); "
+            "runner died without recording an end (SIGKILL or machine lost)"
+            f"{'' if running.command_pid else ' before its command started'}; "
             f"runtime counted up to its last checkpoint at {running.checkpointed_at}"
         ),
         monitor="",

@@ -9,7 +9,10 @@ process of the attempt (:func:`devops.skypilot.node.leftovers.stop`: SIGTERM,
 
 Once the command runs, the runner also writes its pid and start time (``command
 PID TICKS``): a process of the command's session that cleared its environment holds
-no token, and is found by the session instead.
+no token, and is found by the session instead. Where the runner made a cgroup for
+the attempt (:mod:`devops.skypilot.node.cgroup`) it writes ``cgroup PATH`` first:
+every process in it is the attempt's. The watchdog is started before the runner
+moves into that cgroup, so it is never in it.
 
 ``python -m devops.skypilot.node.watchdog TOKEN GRACE`` is the process. It imports
 nothing beyond the standard library until it has to act, so it is ready, and
@@ -26,12 +29,16 @@ import sys
 import time
 from collections.abc import Sequence
 
+from devops.skypilot.node.cgroup import AttemptCgroup  # the standard library only
+
 logger = logging.getLogger(__name__)
 
 #: What the runner writes once its tree is stopped: the watchdog has nothing to do.
 _DONE = b"done"
 #: What precedes the command's pid and start time.
 _COMMAND = b"command"
+#: What precedes the path of the attempt's cgroup.
+_CGROUP = b"cgroup"
 #: How long the runner waits for a released watchdog to exit.
 _EXIT_WAIT = 2.0
 
@@ -42,6 +49,7 @@ class Watchdog:
     def __init__(self, control: int, alive: int) -> None:
         self._control = control
         self._alive = alive
+        self._cgroup: AttemptCgroup | None = None
 
     @classmethod
     def start(cls, token: str, grace: float) -> Watchdog:
@@ -80,8 +88,26 @@ class Watchdog:
         with contextlib.suppress(OSError):
             os.write(self._control, b"%s %d %d\n" % (_COMMAND, pid, start_ticks))
 
+    def join_cgroup(self, token: str) -> None:
+        """Move the runner into a new cgroup of the attempt, where one can be made, and
+        tell the watchdog (started before, so never in it): whatever is in it is the
+        attempt's. Everything the runner starts from here on is born inside."""
+        self._cgroup = AttemptCgroup.join_new(token)
+        if self._control >= 0 and self._cgroup is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._control, b"%s %s\n" % (_CGROUP, os.fsencode(self._cgroup.path)))
+
+    @property
+    def cgroup_path(self) -> str:
+        """The attempt's cgroup ("" where there is none)."""
+        return str(self._cgroup.path) if self._cgroup is not None else ""
+
     def release(self) -> None:
-        """The tree is stopped: the watchdog has nothing left to do (idempotent)."""
+        """The tree is stopped: the runner leaves its cgroup and removes it, and the
+        watchdog has nothing left to do (idempotent)."""
+        if self._cgroup is not None:
+            self._cgroup.close()
+            self._cgroup = None
         if self._control < 0:
             return
         with contextlib.suppress(OSError):
@@ -116,13 +142,15 @@ def main(argv: Sequence[str]) -> int:
     from devops.skypilot.node.leftovers import stop
     from devops.skypilot.node.liveness import ProcessStamp
 
-    command = None
+    command, cgroup = None, None
     here = ProcessStamp.own()  # the command ran on this host, in this boot
     for line in lines:
         words = line.split()
         if here is not None and len(words) == 3 and words[0] == _COMMAND:
             command = ProcessStamp(here.host, here.boot_id, int(words[1]), int(words[2]))
-    count = stop(token, grace, command)
+        if words[:1] == [_CGROUP]:
+            cgroup = AttemptCgroup.named(os.fsdecode(line.split(b" ", 1)[1]), token)
+    count = stop(token, grace, command, cgroup)
     if count:
         print(
             f"skyguard: the runner died; stopped {count} process(es) of its command",

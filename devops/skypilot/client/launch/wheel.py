@@ -32,6 +32,8 @@ from devops.skypilot.common.files import write_atomic
 #: The import packages of the distribution, side by side in one directory (site-packages,
 #: or a clone's root for an editable install).
 PACKAGES = ("devops", "notifications")
+#: Top-level modules beside them: the ``skyguard`` script's entry point.
+MODULES = ("_skyguard_script",)
 DIST = "skyguard"
 #: Where the shipped files land on every node (``~`` is the node user's home).
 NODE_DIR = "~/.skyguard/dist"
@@ -65,6 +67,11 @@ def _package_files(root: Path) -> Iterator[tuple[str, Path]]:
                     continue
                 path = Path(folder, name)
                 yield path.relative_to(root).as_posix(), path
+    for module in MODULES:
+        path = root / f"{module}.py"
+        if not path.is_file():
+            raise WheelError(f"skyguard's module {module!r} is missing from {root}")
+        yield path.name, path
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -101,7 +108,8 @@ def wheel_bytes() -> tuple[str, bytes]:
     entry_points = dist.read_text("entry_points.txt")
     if entry_points:
         entries.append((f"{info}/entry_points.txt", entry_points.encode()))
-    entries.append((f"{info}/top_level.txt", "".join(f"{p}\n" for p in PACKAGES).encode()))
+    top_level = "".join(f"{name}\n" for name in (*PACKAGES, *MODULES))
+    entries.append((f"{info}/top_level.txt", top_level.encode()))
     wheel_meta = (
         "Wheel-Version: 1.0\nGenerator: skyguard launch\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )

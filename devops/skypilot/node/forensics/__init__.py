@@ -76,6 +76,20 @@ def before_stop(
         logger.exception("skyguard: stack capture failed; stopping the tree without it")
         return None
     elapsed = time.monotonic() - started
+    refused = [
+        item
+        for item in results
+        if item.source != "py-spy" and item.error.startswith(("py-spy:", "py-spy timed out"))
+    ]
+    if refused:
+        # Said once: py-spy failing on every rank usually means ptrace is forbidden here.
+        why = refused[0].error.split("; ")[0].removeprefix("py-spy: ").removeprefix("py-spy ")
+        logger.warning(
+            "skyguard: py-spy gave no stack for %d of %d process(es): %s",
+            len(refused),
+            len(results),
+            why,
+        )
     logger.warning("skyguard: stacks (%.0f ms): %s", elapsed * 1000, summary)
     return Forensics(
         summary=summary,
@@ -119,5 +133,7 @@ def _write_stacks(path: Path, summary: str, results: Collection[Captured]) -> No
         if item.stack is None:
             lines.append(f"{head}: no stack ({item.error or 'unknown'})\n")
         else:
-            lines.append(f"{head} ({item.source}):\n{format_stack(item.stack)}\n")
+            # With a stack from faulthandler, why py-spy gave none (ptrace forbidden?).
+            why = f"; {item.error}" if item.error else ""
+            lines.append(f"{head} ({item.source}{why}):\n{format_stack(item.stack)}\n")
     write_atomic(path, "\n".join(lines))

@@ -1,6 +1,6 @@
 """Capture the Python stack of each process, all at once, within a deadline.
 
-Two ways, run side by side:
+Two ways, py-spy first, faulthandler where py-spy gives nothing:
 
 * ``py-spy dump`` reads a process's stack from outside (ptrace). It needs no
   help from the process, so it sees a rank stuck in C as well as in Python, but
@@ -10,6 +10,12 @@ Two ways, run side by side:
   :data:`~devops.skypilot.stackdump.DUMP_SIGNAL` that writes every thread's stack
   into ``faulthandler-<pid>.txt`` here. Only processes whose file exists are
   signalled: the default action of that signal would kill the others.
+
+A process is signalled only once its py-spy ended without a stack, or half the
+time to the deadline has passed (a py-spy that hangs), or at once without
+py-spy: a signal interrupts the C call a rank is blocked in, and one that does
+not retry on ``EINTR`` (a ``select`` through ctypes, say) returns and lets the
+rank run on, away from where it hung, while py-spy is reading it.
 
 Nothing here waits past ``deadline``: a py-spy still running then is killed.
 """
@@ -46,7 +52,8 @@ class Captured:
     stack: Stack | None
     #: ``py-spy`` or ``faulthandler``: which tool gave the stack ('' if none did).
     source: str = ""
-    #: Why there is no stack (py-spy's first error line, "timed out").
+    #: Why there is no stack ("py-spy timed out", py-spy's error); with a stack from
+    #: faulthandler, why py-spy gave none (ptrace forbidden, say).
     error: str = ""
 
 
@@ -66,6 +73,7 @@ class _Spy:
         self.output = directory / f"py-spy-{pid}.json"
         self.errors = directory / f"py-spy-{pid}.err"
         self.timed_out = False
+        self._result: tuple[Stack | None, str] | None = None
         with self.output.open("wb") as out, self.errors.open("wb") as err:
             self.popen = subprocess.Popen(
                 [py_spy, "dump", "--json", "--pid", str(pid)],
@@ -73,6 +81,8 @@ class _Spy:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                # Its error and cause, without a Rust backtrace of py-spy itself.
+                env={**os.environ, "RUST_BACKTRACE": "0"},
             )
 
     def done(self) -> bool:
@@ -85,13 +95,39 @@ class _Spy:
         self.popen.wait()
 
     def result(self) -> tuple[Stack | None, str]:
+        """The stack, or why none; read once, after it ended."""
         if self.timed_out:
             return None, "py-spy timed out"
-        stack = from_py_spy(self.output.read_text(errors="replace"))
-        if stack is not None:
-            return stack, ""
-        lines = self.errors.read_text(errors="replace").strip().splitlines()
-        return None, (lines[0] if lines else f"py-spy exited {self.popen.returncode}")[:200]
+        if self._result is None:
+            stack = from_py_spy(self.output.read_text(errors="replace"))
+            why = "" if stack else _py_spy_error(self.errors.read_text(errors="replace"))
+            why = why or f"exited {self.popen.returncode}"
+            self._result = (stack, "" if stack else f"py-spy: {why}"[:200])
+        return self._result
+
+
+def _py_spy_error(text: str) -> str:
+    """py-spy's error in one line: its message, then its innermost cause.
+
+    ``Error: Failed to get process executable name. Check that the process is
+    running.`` / ``Caused by:`` / ``0: Permission denied (os error 13)`` becomes
+    ``Failed to get process executable name (Permission denied (os error 13))``:
+    where ptrace is forbidden the cause is what tells a person why.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    message = lines[0].removeprefix("Error: ")
+    causes = []
+    if "Caused by:" in lines:
+        for line in lines[lines.index("Caused by:") + 1 :]:
+            number, _, cause = line.partition(": ")
+            if not number.isdigit():
+                break
+            causes.append(cause)
+    if not causes:
+        return message
+    return f"{message.split('. ')[0].rstrip('.')} ({causes[-1]})"
 
 
 class _Dump:
@@ -126,25 +162,38 @@ def capture(
 ) -> list[Captured]:
     """Every target's stack (or why not), returned by ``deadline`` (monotonic)."""
     directory.mkdir(parents=True, exist_ok=True)
-    dumps: dict[int, _Dump] = {}
     spies: dict[int, _Spy] = {}
     errors: dict[int, str] = {}
     for target in targets:
-        path = dump_file(directory, target.pid)
-        if path.exists():
-            with contextlib.suppress(OSError):
-                dumps[target.pid] = _Dump(path, target.pid)
         if py_spy is not None:
             try:
                 spies[target.pid] = _Spy(py_spy, target.pid, directory)
             except OSError as error:
                 errors[target.pid] = f"py-spy: {error.strerror}"
+    # Registered for the faulthandler dump, not signalled yet.
+    registered = {
+        target.pid: path
+        for target in targets
+        if (path := dump_file(directory, target.pid)).exists()
+    }
+    fallback_at = time.monotonic() + max(0.0, deadline - time.monotonic()) / 2
+    dumps: dict[int, _Dump] = {}
     try:
-        pending: list[_Spy | _Dump] = [*spies.values(), *dumps.values()]
-        while pending and time.monotonic() < deadline:
-            pending = [job for job in pending if not job.done()]
-            if pending:
-                time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        while time.monotonic() < deadline:
+            for pid, path in list(registered.items()):
+                spy = spies.get(pid)
+                if spy is not None and not spy.done() and time.monotonic() < fallback_at:
+                    continue
+                del registered[pid]
+                if spy is None or not spy.done() or spy.result()[0] is None:
+                    with contextlib.suppress(OSError):
+                        dumps[pid] = _Dump(path, pid)
+            # Every job is polled (no short cut): a dump notes its size at each poll.
+            jobs: list[_Spy | _Dump] = [*spies.values(), *dumps.values()]
+            finished = [job.done() for job in jobs]
+            if not registered and all(finished):
+                break
+            time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
     finally:
         for spy in spies.values():
             if not spy.done():
@@ -171,6 +220,6 @@ def _result(
     if dump is not None:
         stack = dump.result()
         if stack is not None:
-            return Captured(target, stack, "faulthandler")
+            return Captured(target, stack, "faulthandler", error="; ".join(filter(None, reasons)))
         reasons.append("no faulthandler dump in time")
     return Captured(target, None, error="; ".join(reason for reason in reasons if reason))

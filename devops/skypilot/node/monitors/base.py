@@ -53,6 +53,13 @@ class Monitor(ABC):
         :meth:`observe_lines`; a monitor that searches bytes skips the decoding."""
         self.observe_lines(str(block, "utf-8", "replace"))
 
+    def observe_span(self, data: bytes, start: int, end: int) -> None:
+        """``data[start:end]``, the same block given by its bounds in a read of the pipe:
+        what the runner calls. Each read is handed to the monitors and to the attempt
+        log as it came, uncopied; the default slices the block out for
+        :meth:`observe_output`, a monitor that searches bytes in place skips the copy."""
+        self.observe_output(data[start:end])
+
     @property
     def reads_output(self) -> bool:
         """Whether this monitor looks at the command's output at all."""
@@ -61,6 +68,7 @@ class Monitor(ABC):
             own.observe_line is not Monitor.observe_line
             or own.observe_lines is not Monitor.observe_lines
             or own.observe_output is not Monitor.observe_output
+            or own.observe_span is not Monitor.observe_span
         )
 
     def explain(self) -> Verdict | None:

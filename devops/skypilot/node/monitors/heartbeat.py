@@ -117,11 +117,14 @@ class HeartbeatMonitor(Monitor):
             self._line_beat = time.monotonic()
 
     def observe_output(self, block: bytes) -> None:
+        self.observe_span(block, 0, len(block))
+
+    def observe_span(self, data: bytes, start: int, end: int) -> None:
         """A block is a beat if any of its lines matches: the candidates of one
         MULTILINE search over the block, each confirmed on its own line."""
         if self._scan is not None and any(
             self.progress is not None and self.progress.search(line)
-            for _, line in self._scan.candidates(block)
+            for _, line in self._scan.candidates(data, start, end)
         ):
             self._line_beat = time.monotonic()
 

@@ -56,22 +56,28 @@ class LineScan:
         self.expressions = tuple(expressions)
         self.finder = NeedleFinder(needle.encode() for needle in self.needles)
 
-    def candidates(self, block: bytes) -> list[tuple[int, str]]:
-        """(index of the line within the block, line), in order, for every line that
-        may match; ``block`` is whole lines joined by newlines (UTF-8, maybe invalid)."""
+    def candidates(
+        self, block: bytes, start: int = 0, end: int | None = None
+    ) -> list[tuple[int, str]]:
+        """(index of the line within the span, line), in order, for every line of
+        ``block[start:end]`` that may match; the span is whole lines joined by newlines
+        (UTF-8, maybe invalid). The needles are searched in place; only an expression
+        without needles needs the span decoded (a copy)."""
+        end = len(block) if end is None else end
         if self.every_line:
-            return list(enumerate(_text(block).split("\n")))
-        found = dict(_lines_at(block, self.finder.line_starts(block), b"\n"))
+            return list(enumerate(_text(block[start:end]).split("\n")))
+        starts = self.finder.line_starts(block, start, end)
+        found = dict(_lines_at(block, starts, b"\n", start, end))
         if self.expressions:
-            text = _text(block)
-            starts = set()
+            text = _text(block[start:end])
+            starts = set()  # in the text now
             for expression in self.expressions:
                 match = expression.search(text)
                 while match is not None:
                     starts.add(text.rfind("\n", 0, match.start()) + 1)
                     after = text.find("\n", match.start())
                     match = None if after < 0 else expression.search(text, after + 1)
-            found.update(_lines_at(text, starts, "\n"))
+            found.update(_lines_at(text, starts, "\n", 0, len(text)))
         return sorted(found.items())
 
 
@@ -84,12 +90,14 @@ def _text(data: bytes) -> str:
     return str(data, "utf-8", "replace")
 
 
-def _lines_at(text: AnyStr, starts: set[int], newline: AnyStr) -> Iterator[tuple[int, str]]:
-    """(index, line) of the lines of ``text`` that begin at ``starts``."""
-    index, counted = 0, 0
-    for start in sorted(starts):
-        index += text.count(newline, counted, start)
-        counted = start
-        end = text.find(newline, start)
-        line = text[start : end if end >= 0 else len(text)]
+def _lines_at(
+    text: AnyStr, starts: set[int], newline: AnyStr, start: int, end: int
+) -> Iterator[tuple[int, str]]:
+    """(index within ``text[start:end]``, line) of its lines that begin at ``starts``."""
+    index, counted = 0, start
+    for begin in sorted(starts):
+        index += text.count(newline, counted, begin)
+        counted = begin
+        stop = text.find(newline, begin, end)
+        line = text[begin : stop if stop >= 0 else end]
         yield index, line if isinstance(line, str) else _text(line)

@@ -130,18 +130,22 @@ class LogPatternMonitor(Monitor):
         self.observe_output(block.encode("utf-8", "surrogatepass"))
 
     def observe_output(self, block: bytes) -> None:
-        """A block at a time, undecoded: only the lines the scan finds are decoded and
-        classified, so the verdicts are those of :meth:`observe_line` on every line,
-        at C speed. The block's lines are counted only where a verdict may need it."""
+        self.observe_span(block, 0, len(block))
+
+    def observe_span(self, data: bytes, start: int, end: int) -> None:
+        """A block at a time, undecoded and in place: only the lines the scan finds are
+        decoded and classified, so the verdicts are those of :meth:`observe_line` on
+        every line, at C speed. The block's lines are counted only where a verdict may
+        need it."""
         found = [
             (index, result)
-            for index, line in self._scan.candidates(block)
+            for index, line in self._scan.candidates(data, start, end)
             if (result := self._classify(line)) is not None
         ]
         with self._lock:
             if not found and (self._last is None or self._after > EXPLAIN_WINDOW):
                 return
-            lines = block.count(b"\n") + 1
+            lines = data.count(b"\n", start, end) + 1
             if not found:
                 self._after += lines
                 return

@@ -89,21 +89,24 @@ class NeedleFinder:
         #: How the last block was searched (tests, the benchmark): "plan" or "fallback".
         self.last_way = ""
 
-    def line_starts(self, block: bytes) -> set[int]:
-        if not self.needles or not block:
+    def line_starts(self, block: bytes, start: int = 0, end: int | None = None) -> set[int]:
+        """Offsets in ``block`` of the lines of ``block[start:end]`` that hold a needle
+        (the span is searched in place: a read of the pipe is never copied for this)."""
+        end = len(block) if end is None else end
+        if not self.needles or start >= end:
             return set()
-        self._searched += len(block)
+        self._searched += end - start
         if self._skip > 0:
             self._skip -= 1
-            return self._fallback(block)
+            return self._fallback(block, start, end)
         plan = self._plan
         if plan is None or self._searched > _REPLAN_EVERY:
-            plan = self._plan = choose_plan(self.needles, block[:_SAMPLE])
+            plan = self._plan = choose_plan(self.needles, block[start : start + _SAMPLE])
             self._searched = 0
         if self._regex is None or plan.cost < _RE2_COST:
-            mib = len(block) / (1 << 20)
+            mib = (end - start) / (1 << 20)
             budget = max(_MIN_BUDGET, 2 * plan.hits_per_mib) * mib
-            found = find_by_plan(block, plan, max(_PASS_COST, int(budget)))
+            found = find_by_plan(block, plan, max(_PASS_COST, int(budget)), start, end)
             if found is not None:
                 self._backoff = 0
                 self.last_way = "plan"
@@ -117,22 +120,23 @@ class NeedleFinder:
         self._plan = None
         self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 1)
         self._skip = self._backoff - 1
-        return self._fallback(block)
+        return self._fallback(block, start, end)
 
-    def _fallback(self, block: bytes) -> set[int]:
+    def _fallback(self, block: bytes, start: int = 0, end: int | None = None) -> set[int]:
         self.last_way = "fallback"
+        end = len(block) if end is None else end
         if self._regex is None:
-            found = find_by_plan(block, Plan((), self.needles, 0, 0), budget=0)
+            found = find_by_plan(block, Plan((), self.needles, 0, 0), 0, start, end)
             assert found is not None  # no anchors: no budget to pass
             return found[0]
         starts: set[int] = set()
-        position = 0
-        while (match := self._regex.search(block, position)) is not None:
-            starts.add(block.rfind(b"\n", 0, match.start()) + 1)
-            end = block.find(b"\n", match.start())
-            if end < 0:
+        position = start
+        while (match := self._regex.search(block, position, end)) is not None:
+            starts.add(_line_start(block, start, match.start()))
+            after = block.find(b"\n", match.start(), end)
+            if after < 0:
                 break
-            position = end + 1
+            position = after + 1
         return starts
 
 
@@ -163,32 +167,41 @@ def choose_plan(needles: tuple[bytes, ...], sample: bytes) -> Plan:
     return Plan(anchors, tuple(whole), hits, cost)
 
 
-def find_by_plan(block: bytes, plan: Plan, budget: int) -> tuple[set[int], int] | None:
-    """The line starts of ``block`` that hold a needle and the anchor hits it took;
-    None past ``budget`` anchor hits."""
+def find_by_plan(
+    block: bytes, plan: Plan, budget: int, start: int = 0, end: int | None = None
+) -> tuple[set[int], int] | None:
+    """The line starts of ``block[start:end]`` (offsets in ``block``) that hold a needle
+    and the anchor hits it took; None past ``budget`` anchor hits."""
+    end = len(block) if end is None else end
     starts: set[int] = set()
-    find, rfind, startswith = block.find, block.rfind, block.startswith
+    find, startswith = block.find, block.startswith
     hits = 0
     for byte, entries in plan.anchors:
-        hit = find(byte)
+        hit = find(byte, start, end)
         while hit >= 0:
             hits += 1
             if hits > budget:
                 return None
             for needle, offset in entries:
                 at = hit - offset
-                if at >= 0 and startswith(needle, at):
-                    starts.add(rfind(b"\n", 0, at) + 1)
+                if at >= start and startswith(needle, at, end):
+                    starts.add(_line_start(block, start, at))
                     # One hit is enough for a line: go on after it.
-                    hit = find(b"\n", hit)
+                    hit = find(b"\n", hit, end)
                     break
             if hit < 0:
                 break
-            hit = find(byte, hit + 1)
+            hit = find(byte, hit + 1, end)
     for needle in plan.whole:
-        hit = find(needle)
+        hit = find(needle, start, end)
         while hit >= 0:
-            starts.add(rfind(b"\n", 0, hit) + 1)
-            end = find(b"\n", hit)
-            hit = -1 if end < 0 else find(needle, end + 1)
+            starts.add(_line_start(block, start, hit))
+            after = find(b"\n", hit, end)
+            hit = -1 if after < 0 else find(needle, after + 1, end)
     return starts, hits
+
+
+def _line_start(block: bytes, start: int, at: int) -> int:
+    """Where the line holding ``at`` begins: the span's start is a line's start."""
+    newline = block.rfind(b"\n", start, at)
+    return start if newline < 0 else newline + 1
