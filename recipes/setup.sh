@@ -139,5 +139,8 @@ if [ "${status:-0}" != 0 ]; then
   fail "installing $target failed (exit ${status}); the lines above say why"
 fi
 installed || fail "installed, but 'skyguard' is missing from $env_dir/bin or does not import"
-printf '%s\n' "$digest" >"$stamp.tmp" && mv "$stamp.tmp" "$stamp"
+# A temp name of this node's own (mktemp: unique on a shared filesystem too): on Slurm every node of a cluster runs setup at once
+# in the one shared home (and env), and a shared temp name lost the race ("mv: cannot
+# stat"), failing the setup of a two-node job.
+tmp_stamp=$(mktemp "$stamp.XXXXXX") && printf '%s\n' "$digest" >"$tmp_stamp" && mv "$tmp_stamp" "$stamp"
 say "installed skyguard into $env_dir"
