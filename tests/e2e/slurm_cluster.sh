@@ -107,9 +107,9 @@ fi
 mkdir -p "$E2E_HOME"
 
 # ---------------------------------------------------------------- packages
-begin "apt: slurm-wlm munge openssh-server rsync fuse3 iptables"
+begin "apt: slurm-wlm munge openssh-server rsync fuse3 iptables iproute2"
 missing=()
-for p in slurm-wlm munge openssh-server openssh-client rsync fuse3 iptables; do
+for p in slurm-wlm munge openssh-server openssh-client rsync fuse3 iptables iproute2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
