@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import psutil
-import pytest
 
 from tests.distributed.runners import JOINED, RunnerCluster
 from tests.notifications.notify_fakes import LoopbackServer, discord_ok, webhook_url
@@ -26,15 +24,6 @@ from tests.notifications.test_notify_left_to_controller import MANAGED, MARKER
 
 Serve = Callable[..., LoopbackServer]
 LEFT = "retrying/peer_failed: announcement left to SkyPilot's jobs controller"
-
-
-@pytest.fixture
-def runners(tmp_path: Path, leak_tag: str) -> Iterator[RunnerCluster]:
-    cluster = RunnerCluster(tmp_path, leak_tag)
-    try:
-        yield cluster
-    finally:
-        cluster.kill_all()
 
 
 def signal_the_worker(runners: RunnerCluster, env: dict[str, str]) -> dict[int, int]:
