@@ -15,10 +15,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+
+if TYPE_CHECKING:
+    from tests.distributed.runners import RunnerCluster
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -110,3 +113,16 @@ class SkyguardRunner:
 @pytest.fixture
 def skyguard(tmp_path: Path, leak_tag: str) -> SkyguardRunner:
     return SkyguardRunner(tmp_path, leak_tag)
+
+
+@pytest.fixture
+def runners(tmp_path: Path, leak_tag: str) -> Iterator[RunnerCluster]:
+    """Real runners on loopback as the nodes of one job, every one killed after the test."""
+    # Imported here: tests.distributed.runners imports this module.
+    from tests.distributed.runners import RunnerCluster
+
+    cluster = RunnerCluster(tmp_path, leak_tag)
+    try:
+        yield cluster
+    finally:
+        cluster.kill_all()

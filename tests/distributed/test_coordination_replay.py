@@ -35,15 +35,6 @@ def replay(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture
-def runners(tmp_path: Path, leak_tag: str) -> Iterator[RunnerCluster]:
-    cluster = RunnerCluster(tmp_path, leak_tag)
-    try:
-        yield cluster
-    finally:
-        cluster.kill_all()
-
-
-@pytest.fixture
 def proxies() -> Iterator[list[RecordingProxy]]:
     started: list[RecordingProxy] = []
     try:

@@ -13,7 +13,6 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,15 +31,6 @@ HUNG = REPO / "tests" / "forensics" / "hung.py"
 #: Caught 1 s after the rank's last beat; the startup grace covers a loaded machine.
 GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)
 WATCH = ["--heartbeat-timeout", "1", "--startup-grace", "60", "--forensics-timeout", "3"]
-
-
-@pytest.fixture
-def runners(tmp_path: Path, leak_tag: str) -> Iterator[RunnerCluster]:
-    cluster = RunnerCluster(tmp_path, leak_tag)
-    try:
-        yield cluster
-    finally:
-        cluster.kill_all()
 
 
 @pytest.fixture

@@ -7,22 +7,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.distributed.runners import CHILDREN, JOINED, PYTHON, SLEEP, RunnerCluster
-
-
-@pytest.fixture
-def runners(tmp_path: Path, leak_tag: str) -> Iterator[RunnerCluster]:
-    cluster = RunnerCluster(tmp_path, leak_tag)
-    try:
-        yield cluster
-    finally:
-        cluster.kill_all()
 
 
 def test_a_hang_on_one_node_stops_every_node_with_its_reason(runners: RunnerCluster) -> None:

@@ -218,3 +218,19 @@ def test_a_lost_record_spends_the_retry_budget() -> None:
     hang = Outcome(143, Verdict(R.HEARTBEAT_TIMEOUT, "hang"), duration=LONG)
     assert decide(hang, lost, RetryPolicy(max_retries=2, crash_loop_window=0)).exit_code == 125
     assert decide(hang, lost, RetryPolicy(max_retries=3, crash_loop_window=0)).exit_code == 75
+
+
+def test_an_end_relaying_a_peers_signal_is_announced_as_that_signal() -> None:
+    from devops.skypilot.common.lifecycle import announcer
+    from devops.skypilot.common.termination import Announcer
+
+    left = frozenset({R.SIGNALLED})
+    relaying = Verdict(R.PEER_FAILED, "node 1 ended: signalled", relayed=R.SIGNALLED)
+    assert announcer(R.PEER_FAILED, relaying, left) is Announcer.CONTROLLER
+    assert announcer(R.PEER_FAILED, relaying, frozenset()) is Announcer.RUNNER
+    # The peer decided something of its own (a hang): the head announces it.
+    hang = Verdict(R.PEER_FAILED, "node 1 ended: hang", relayed=R.HEARTBEAT_TIMEOUT)
+    assert announcer(R.PEER_FAILED, hang, left) is Announcer.RUNNER
+    # The crash-loop guard overrode the relayed end: the runner's own decision.
+    assert announcer(R.CRASH_LOOP, relaying, left) is Announcer.RUNNER
+    assert announcer(R.SIGNALLED, None, left) is Announcer.CONTROLLER

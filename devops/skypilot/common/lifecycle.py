@@ -19,6 +19,7 @@ from devops.skypilot.common.termination import (
     Announcer,
     Termination,
     TerminationReason,
+    Verdict,
 )
 from devops.skypilot.common.values import ConfigError
 
@@ -32,15 +33,26 @@ MANAGED_JOB_ENV = "SKYPILOT_MANAGED_JOB_ID"
 #: Who announces each end when the jobs controller runs skyguard's callback (any reason
 #: not here: the runner, which decided it). A signal comes from outside: SIGTERM is the
 #: same for ``sky jobs cancel`` and a preemption, and only the controller knows which it
-#: was (CANCELLED or RECOVERING), also when it cannot see the runner's sent-log.
+#: was (CANCELLED or RECOVERING), also when it cannot see the runner's sent-log. An end
+#: relaying another node's decision (peer_failed) is looked up by that node's reason.
 ANNOUNCER_WITH_CALLBACK: Mapping[TerminationReason, Announcer] = {
     TerminationReason.SIGNALLED: Announcer.CONTROLLER,
 }
 
 
-def announcer(reason: TerminationReason, left: frozenset[TerminationReason]) -> Announcer:
-    """Who announces an end of ``reason``, given :func:`left_to_controller`'s answer."""
-    return Announcer.CONTROLLER if reason in left else Announcer.RUNNER
+def announcer(
+    reason: TerminationReason, verdict: Verdict | None, left: frozenset[TerminationReason]
+) -> Announcer:
+    """Who announces an end of ``reason``, given :func:`left_to_controller`'s answer.
+
+    An end that relays another node's decision (``verdict.relayed``: the head's
+    peer_failed after a worker was SIGTERMed) goes by the deciding node's reason: a
+    cancel or preemption that reached a worker first is the controller's to announce
+    as much as one that reached the head. Only where that verdict made the end: a
+    signal of this runner's own, or the crash-loop guard, decides it otherwise.
+    """
+    relayed = verdict.relayed if verdict is not None and verdict.reason is reason else None
+    return Announcer.CONTROLLER if (relayed or reason) in left else Announcer.RUNNER
 
 
 def left_to_controller(env: Mapping[str, str]) -> frozenset[TerminationReason]:

@@ -142,6 +142,9 @@ class Verdict:
     exit_code: int | None = None
     #: Ranks the verdict blames (the ones that stopped beating first), if it knows.
     ranks: tuple[int, ...] = ()
+    #: The deciding node's own reason when the verdict relays another node's decision
+    #: (peer_failed); who announces the end goes by it (``lifecycle.announcer``).
+    relayed: TerminationReason | None = None
 
 
 @dataclass(frozen=True)

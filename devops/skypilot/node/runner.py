@@ -175,7 +175,9 @@ class Runner:
             node_rank=config.node_rank,
             task_id=config.task_id,
             forensics=self.forensics,
-            announced_by=announcer(decision.reason, self.extensions.left_to_controller),
+            announced_by=announcer(
+                decision.reason, outcome.verdict, self.extensions.left_to_controller
+            ),
         )
         try:
             self.state.record(termination, history)

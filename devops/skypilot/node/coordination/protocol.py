@@ -258,7 +258,12 @@ def peer_failed_verdict(decision: NodeEnd) -> Verdict:
     node; a retryable one leaves :func:`~devops.skypilot.common.termination.decide` at 75.
     """
     imposed = None if decision.exit_code == EXIT_RETRY else decision.exit_code
-    return Verdict(TerminationReason.PEER_FAILED, decision.describe(), exit_code=imposed)
+    return Verdict(
+        TerminationReason.PEER_FAILED,
+        decision.describe(),
+        exit_code=imposed,
+        relayed=decision.reason,
+    )
 
 
 # --------------------------------------------------------------------------- node side
