@@ -110,7 +110,7 @@ mkdir -p "$E2E_HOME"
 begin "apt: slurm-wlm munge openssh-server rsync fuse3 iptables iproute2"
 missing=()
 for p in slurm-wlm munge openssh-server openssh-client rsync fuse3 iptables iproute2; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *"install ok installed"* ]] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq </dev/null || die "apt-get update failed"
@@ -187,12 +187,16 @@ begin "bridge $BRIDGE ($BRIDGE_NET.1) + namespaces ${DUO_NODES[*]}, NAT"
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link add "$BRIDGE" type bridge || die "cannot create bridge $BRIDGE"
 fi
-ip addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_NET.1/24" || ip addr add "$BRIDGE_NET.1/24" dev "$BRIDGE"
+# (Read into a string first: under pipefail, `ip ... | grep -q` fails at random when
+# grep exits on its match before ip has written everything, and ip dies of SIGPIPE.)
+bridge_addrs=$(ip addr show dev "$BRIDGE")
+[[ $bridge_addrs == *"inet $BRIDGE_NET.1/24"* ]] || ip addr add "$BRIDGE_NET.1/24" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 for node in "${DUO_NODES[@]}"; do
   addr=$(node_addr "$node")
   veth="sgv${node#sgn}"
-  if ! ip -n "$node" addr show dev eth0 2>/dev/null | grep -q "inet $addr/24"; then
+  node_addrs=$(ip -n "$node" addr show dev eth0 2>/dev/null || true)
+  if [[ $node_addrs != *"inet $addr/24"* ]]; then
     # Missing or half made (a reboot clears /run/netns but not this script's memory).
     ip link del "$veth" 2>/dev/null || true
     [ -e "/run/netns/$node" ] && ip netns del "$node"
@@ -463,7 +467,7 @@ done_step
 # ---------------------------------------------------------------- sky check
 begin "sky check slurm"
 check_out=$(cd / && daemon "$SKYV/bin/sky" check slurm </dev/null 2>&1 | sed 's/\x1b\[[0-9;]*m//g') || true
-echo "$check_out" | grep -q "$SLURM_CLUSTER: enabled" \
+[[ $check_out == *"$SLURM_CLUSTER: enabled"* ]] \
   || die "sky check slurm did not enable $SLURM_CLUSTER: $(echo "$check_out" | tr '\n' ' ' | tail -c 400)"
 done_step
 
