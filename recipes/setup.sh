@@ -89,6 +89,15 @@ else
 fi
 stamp=$env_dir/.skyguard-installed
 
+# Every node of a Slurm cluster runs setup at once in one shared home (and env): one
+# install at a time (a node's import check ran into another's half-done install, and
+# the job ended FAILED_SETUP); the next one finds the stamp and skips.
+mkdir -p "$(dirname "$env_dir")" || fail "cannot create $(dirname "$env_dir")"
+exec 9>"$env_dir.skyguard-setup.lock" || fail "cannot open $env_dir.skyguard-setup.lock"
+if command -v flock >/dev/null; then
+  flock 9 || fail "cannot lock $env_dir.skyguard-setup.lock"
+fi
+
 # Checked from / so the workdir's own devops/ does not shadow the installed one.
 installed() { (cd / && "$python" -c 'import devops.skypilot.node.runner' >/dev/null 2>&1) && [ -x "$env_dir/bin/skyguard" ]; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && installed; then
