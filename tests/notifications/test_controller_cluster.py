@@ -200,6 +200,24 @@ def tiny_wheel(folder: Path, name: str, requires: str = "", module: str = "") ->
     return path
 
 
+def offline_python(check: str, home: Path, index: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``check`` in this Python with pip offline: packages come only from ``index``."""
+    return subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(home),
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(index),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_a_requirement_the_controller_lacks_is_installed_beside_it(tmp_path: Path) -> None:
     """tenacity on a real controller: pip puts it into skyguard's own directory, which
     comes after SkyPilot's packages on sys.path (an offline index stands in for PyPI)."""
@@ -214,20 +232,7 @@ def test_a_requirement_the_controller_lacks_is_installed_beside_it(tmp_path: Pat
         "import skyguard_test_dep; print(skyguard_test_dep.__file__)\n"
         f"print(sys.path.index({str(lib)!r}) == len(sys.path) - 1)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "PIP_NO_INDEX": "1",
-            "PIP_FIND_LINKS": str(index),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = offline_python(check, tmp_path, index)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["None", str(lib / "skyguard_test_dep.py"), "True"]
 
@@ -306,20 +311,7 @@ def test_a_requirement_pip_cannot_get_is_one_line(tmp_path: Path) -> None:
         "from pathlib import Path; from devops.skypilot.controller import bootstrap\n"
         f"print(bootstrap.ensure_requirements(Path({str(shipped)!r}), Path({str(lib)!r})))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "PIP_NO_INDEX": "1",
-            "PIP_FIND_LINKS": str(tmp_path / "index"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = offline_python(check, tmp_path, tmp_path / "index")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [
         f"cannot install skyguard-test-absent>=1 for skyguard into {lib} "
