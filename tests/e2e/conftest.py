@@ -42,9 +42,9 @@ TERMINAL = {
 _QUEUE_SCRIPT = """
 import json, sys, sky
 records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, job_ids=[int(a) for a in sys.argv[1:]],
-                      fields=["job_id", "job_name", "status", "recovery_count"]))
-print(json.dumps({int(r.job_id): {"status": r.status.value, "recoveries": r.recovery_count}
-                  for r in records}))
+                      fields=["job_id", "job_name", "status", "recovery_count", "failure_reason"]))
+print(json.dumps({int(r.job_id): {"status": r.status.value, "recoveries": r.recovery_count,
+                                  "failure_reason": r.failure_reason} for r in records}))
 """
 
 _JOB_ID_SCRIPT = """
@@ -196,6 +196,8 @@ class Job:
     submit_seconds: float
     status: str = "PENDING"
     recoveries: int = 0
+    #: SkyPilot's words for a job it did not restart (e.g. "Job exited with exit code 1").
+    failure_reason: str | None = None
 
 
 class Jobs:
@@ -235,6 +237,7 @@ class Jobs:
             if state is not None:
                 job.status = str(state["status"])
                 job.recoveries = int(state["recoveries"] or 0)
+                job.failure_reason = state.get("failure_reason")
 
     def wait(self, key: str, timeout: float = JOB_TIMEOUT) -> Job:
         """Poll the queue until ``key`` ends."""
@@ -253,11 +256,6 @@ class Jobs:
             self.cluster.run([str(self.cluster.sky), "jobs", "cancel", "-y", *ids], check=False)
 
 
-#: The two-node hang job can lose srun's exit race (docs/distributed.md, "The race that
-#: remains": the other node's SkyPilot executor SIGTERMed -> srun reports 143, and the
-#: recovery the runners agreed on (75) becomes FAILED): seen in 1 of 5 runs. A known
-#: product bug, not a flaky test: run it with SKYGUARD_E2E_SRUN_RACE=1 until it is fixed.
-HANG_RACE_OPT_IN = os.environ.get("SKYGUARD_E2E_SRUN_RACE") == "1"
 #: The two-node partition tests/e2e/slurm_cluster.sh sets up (namespaced nodes sgn1, sgn2).
 DUO_INFRA = ("--infra", "slurm/localcluster/duo", "--nodes", "2")
 #: examples/train.py on every node; the fault (its flags in $FAULT) only on rank 1.
@@ -276,22 +274,21 @@ def two_node_jobs(cluster: Cluster) -> Iterator[Jobs]:
     jobs = Jobs(cluster)
     try:
         # Rank 1 hangs on every attempt: attempt 1 is recovered, the crash-loop guard
-        # ends attempt 2 with 125 on both nodes. Opt-in until srun's 143 race is closed.
-        if HANG_RACE_OPT_IN:
-            jobs.submit(
-                "duo-hang",
-                *DUO_INFRA,
-                "--heartbeat-timeout",
-                "10s",
-                "--grace",
-                "5s",
-                "--env",
-                "SKYGUARD_CRASH_LOOP_COUNT=2",
-                "--env",
-                "FAULT=--hang-after 5",
-                "--",
-                *RANK1_FAULT,
-            )
+        # ends attempt 2 with 125 on both nodes.
+        jobs.submit(
+            "duo-hang",
+            *DUO_INFRA,
+            "--heartbeat-timeout",
+            "10s",
+            "--grace",
+            "5s",
+            "--env",
+            "SKYGUARD_CRASH_LOOP_COUNT=2",
+            "--env",
+            "FAULT=--hang-after 5",
+            "--",
+            *RANK1_FAULT,
+        )
         # Rank 1's command crashes: final on both nodes.
         jobs.submit(
             "duo-crash",

@@ -25,7 +25,7 @@ import pytest
 
 from devops.skypilot.common.termination import EXIT_CRASH_LOOP, EXIT_RETRY
 
-from .conftest import HANG_RACE_OPT_IN, Jobs
+from .conftest import Job, Jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +53,12 @@ def _decision(state_root: Path, name: str) -> Mapping[str, Any]:
     return data
 
 
+def _reported_code(job: Job) -> int | None:
+    """The exit code SkyPilot read from srun for the attempt it did not restart."""
+    found = re.search(r"exited with exit code (\d+)", job.failure_reason or "")
+    return None if found is None else int(found.group(1))
+
+
 def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
@@ -77,11 +83,6 @@ def _spread(records: Mapping[int, Mapping[str, Any]], attempt: int) -> float:
     return abs(ended[0] - ended[1])
 
 
-@pytest.mark.skipif(
-    not HANG_RACE_OPT_IN,
-    reason="srun can report 143 for the agreed 75 (docs/distributed.md, the race that remains):"
-    " a known bug, opt in with SKYGUARD_E2E_SRUN_RACE=1",
-)
 def test_a_hang_on_one_node_stops_both_is_recovered_and_the_guard_ends_the_loop(
     two_node_jobs: Jobs,
 ) -> None:
@@ -91,6 +92,7 @@ def test_a_hang_on_one_node_stops_both_is_recovered_and_the_guard_ends_the_loop(
     ends = _ends(records)
     assert job.status == "FAILED", (job.status, ends)
     assert job.recoveries == 1, ends
+    assert _reported_code(job) == EXIT_CRASH_LOOP, job
     # Rank 1 hung both times; rank 0 stopped on its word, with its code, both times.
     assert [end[1:] for end in ends if end[0] == 1] == [
         (1, "heartbeat_timeout", EXIT_RETRY),
@@ -138,6 +140,9 @@ def test_a_crash_on_one_node_is_final_on_both_and_not_restarted(two_node_jobs: J
     assert job.status == "FAILED", (job.status, ends)
     assert job.recoveries == 0, ends
     assert ends == [(0, 1, "peer_failed", 1), (1, 1, "job_failed", 1)]
+    # What srun reported for the step: the head's 1 alone (rank 1 exited 0 after
+    # learning the decision), never 143 for a task Slurm cancelled.
+    assert _reported_code(job) == 1, job
     decision = _decision(state_root, job.name)["decision"]
     assert (decision["node"], decision["reason"]) == (1, "job_failed"), decision
     assert _spread(records, 1) <= BARRIER_BOUND, records

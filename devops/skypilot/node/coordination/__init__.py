@@ -63,6 +63,11 @@ from devops.skypilot.node.coordination.protocol import (
     coordination_secret,
     task_token,
 )
+from devops.skypilot.node.coordination.slurm_exit import (
+    SlurmStep,
+    exit_code_on_slurm,
+    wait_for_workers,
+)
 from devops.skypilot.node.coordination.worker import WorkerCoordinator
 from devops.skypilot.node.environment import SkyPilotEnv
 from devops.skypilot.node.monitors.peer import PeerMonitor
@@ -73,8 +78,11 @@ logger = logging.getLogger(__name__)
 class CoordinationObserver(RunObserver):
     """Starts this node's side of the protocol with the command and reports its end."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, slurm: SlurmStep | None = None) -> None:
         self.coordinator = coordinator
+        #: This node's Slurm task, where the order of the nodes' exits matters (see
+        #: :mod:`~devops.skypilot.node.coordination.slurm_exit`); None elsewhere.
+        self.slurm = slurm
         #: The job's decision as this node learned it at its end (None: none, or no head).
         self.job_decision: NodeEnd | None = None
 
@@ -99,7 +107,8 @@ class CoordinationObserver(RunObserver):
 
     def exit_code(self, own: int) -> int:
         """This node's exit code: the job's decision's, so SkyPilot reads one decision
-        from every node (see :func:`~devops.skypilot.common.termination.node_exit_code`)."""
+        from every node (see :func:`~devops.skypilot.common.termination.node_exit_code`).
+        On Slurm the head alone carries it, after the workers' tasks ended (blocks)."""
         decision = self.job_decision
         code = node_exit_code(own, None if decision is None else decision.exit_code)
         if code != own and decision is not None:
@@ -110,7 +119,20 @@ class CoordinationObserver(RunObserver):
                 decision.reason.value,
                 own,
             )
-        return code
+        if self.slurm is None or code == 0:
+            return code
+        carried = exit_code_on_slurm(code, is_head=self.is_head, decided=decision is not None)
+        if carried != code:
+            logger.warning(
+                "coordination: exiting %d on Slurm: the head exits %d for the job once this "
+                "node's task has ended (srun would report a signal for a task it cancels)",
+                carried,
+                code,
+            )
+        elif self.is_head:
+            logger.info("coordination: waiting for the workers' Slurm tasks to end, then %d", code)
+            wait_for_workers(self.slurm, self.coordinator.config.linger)
+        return carried
 
     def close(self) -> None:
         """Leave the protocol (the head: stop serving, which opens the exit barrier)."""
@@ -144,4 +166,7 @@ def coordination_from_env(
         coordinator = HeadCoordinator(sky_env, token, config, state_dir)
     else:
         coordinator = WorkerCoordinator(sky_env, token, config, state_dir)
-    return CoordinationObserver(coordinator), PeerMonitor(coordinator)
+    slurm = SlurmStep.from_env(
+        os.environ if env is None else env, sky_env.node_rank, sky_env.num_nodes
+    )
+    return CoordinationObserver(coordinator, slurm), PeerMonitor(coordinator)
