@@ -11,6 +11,7 @@ python3 -m venv .venv
 .venv/bin/mypy
 .venv/bin/python -m pytest -m "not e2e"
 if [ "${SKYGUARD_E2E:-1}" != 0 ]; then
-  # Real SkyPilot on a one-node Slurm cluster it sets up itself (root, apt; 15-25 min).
+  # Real SkyPilot on a local Slurm cluster it sets up itself: one node, and two in network
+  # namespaces for the multi-node tests (root, apt; 15-25 min).
   SKYGUARD_E2E=1 .venv/bin/python -m pytest -m e2e tests/e2e
 fi

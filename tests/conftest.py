@@ -38,15 +38,24 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def _cmd(process: psutil.Process) -> str:
+    """What a leaked process was, for the failure message (it may be gone already)."""
+    try:
+        return " ".join(process.cmdline())[:200]
+    except psutil.Error:
+        return "?"
+
+
 @pytest.fixture
 def leak_tag() -> Iterator[str]:
     tag = uuid.uuid4().hex
     yield tag
     leaked = tagged_processes(tag)
+    described = [(process.pid, _cmd(process)) for process in leaked]
     for process in leaked:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    assert not leaked, f"processes left behind: {[p.pid for p in leaked]}"
+    assert not leaked, f"processes left behind: {described}"
 
 
 @dataclass

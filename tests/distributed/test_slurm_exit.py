@@ -6,6 +6,7 @@
 - SkyPilot's own Slurm executor (``python -m sky.skylet.executor.slurm``, the real
   module, as srun starts it) as a worker task under ``proctrack/cgroup``: it holds the
   task after its script exited 0 until the head released it through the done files;
+  and two such executors running real runners as their ``run:``, watched like srun;
 - real runners on loopback as a three-node Slurm step under ``proctrack/linuxproc``,
   watched the way ``srun --kill-on-bad-exit`` watches its tasks.
 """
@@ -33,7 +34,9 @@ from devops.skypilot.node.coordination.slurm_exit import (
     exit_code_on_slurm,
     wait_for_workers,
 )
+from tests.conftest import PYTHON, REPO, TAG_VAR, tagged_processes
 from tests.distributed.runners import SLEEP, RunnerCluster
+from tests.ports import reserve_port
 
 CGROUP_V2 = "0::/system.slice/slurmstepd.scope/job_4242/step_7/user/task_0\n"
 CGROUP_V1 = "12:freezer:/slurm/uid_0/job_4242/step_7/task_0\n11:cpu:/\n"
@@ -86,13 +89,16 @@ def test_one_node_or_no_slurm_is_no_step(tmp_path: Path) -> None:
     assert SlurmStep.from_env(env, 0, 2, cgroup_text=CGROUP_V2) is None
 
 
-def _skypilot_worker(tmp_path: Path, script: str) -> subprocess.Popen[bytes]:
-    """SkyPilot's Slurm executor as srun starts it for rank 1 of a two-node step."""
+def _skypilot_task(
+    tmp_path: Path, script: str, rank: int = 1, tag: str = "", output: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """SkyPilot's Slurm executor as srun starts it for ``rank`` of a two-node step."""
     ip = socket.gethostbyname(socket.gethostname())
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "SKYGUARD_"))},
+        TAG_VAR: tag,
         "HOME": str(tmp_path),
-        "SLURM_PROCID": "1",
+        "SLURM_PROCID": str(rank),
         "SLURM_NNODES": "2",
         "SLURM_JOB_ID": "4242",
         "SLURM_STEP_ID": "7",
@@ -110,15 +116,20 @@ def _skypilot_worker(tmp_path: Path, script: str) -> subprocess.Popen[bytes]:
         f"--cluster-ips={ip},{ip}",
         f"--cluster-home-dir={tmp_path}",
     ]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if output is None:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with output.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_skypilots_executor_holds_the_worker_until_the_head_releases_it(tmp_path: Path) -> None:
+def test_skypilots_executor_holds_the_worker_until_the_head_releases_it(
+    tmp_path: Path, leak_tag: str
+) -> None:
     """proctrack/cgroup: the worker's script exits 0 at once, SkyPilot's executor then
     waits for rank 0's done file, which the head writes only after the worker's."""
     step = SlurmStep.from_env(_home(tmp_path, "cgroup"), 0, 2, cgroup_text=CGROUP_V2)
     assert step is not None and step.done_dir is not None
-    worker = _skypilot_worker(tmp_path, "sleep 1; exit 0")
+    worker = _skypilot_task(tmp_path, "sleep 1; exit 0", tag=leak_tag)
     try:
         released = wait_for_workers(step, timeout=120)
         # The head returns only once the worker's script ended and it wrote its file.
@@ -130,6 +141,7 @@ def test_skypilots_executor_holds_the_worker_until_the_head_releases_it(tmp_path
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+        _reap_skypilots_daemons(leak_tag)
 
 
 def test_a_worker_that_never_reports_costs_the_head_its_timeout_only(tmp_path: Path) -> None:
@@ -142,6 +154,27 @@ def test_a_worker_that_never_reports_costs_the_head_its_timeout_only(tmp_path: P
     assert not wait_for_workers(step, 5, clock=lambda: float(next(clock)), sleep=slept.append)
     assert sorted(path.name for path in step.done_dir.iterdir()) == ["0"]
     assert len(slept) == 5 and slept[-1] > 0.5, slept  # polls until the deadline, then the margin
+
+
+def _reap_skypilots_daemons(tag: str) -> None:
+    """SkyPilot's ``subprocess_daemon`` (one per ``run:``, in a session of its own) kills
+    the script's tree once the executor is gone, then exits: wait for that, or kill it
+    (anything else left behind is the leak fixture's to report)."""
+    deadline = time.monotonic() + 30  # a guard against hanging
+    while daemons := [p for p in tagged_processes(tag) if "subprocess_daemon" in _argv(p)]:
+        if time.monotonic() > deadline:
+            for daemon in daemons:
+                with contextlib.suppress(psutil.Error):
+                    daemon.kill()
+            return
+        time.sleep(0.05)
+
+
+def _argv(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
 
 
 class _Srun(threading.Thread):
@@ -193,6 +226,57 @@ def test_on_slurm_the_workers_exit_0_first_and_srun_reads_the_heads_75(
     assert runners.record(2)["reason"] == "heartbeat_timeout"
     assert {runners.record(rank)["exit_code"] for rank in (0, 1, 2)} == {EXIT_RETRY}
     assert "the head exits 75 for the job" in runners.output(1)
-    assert "waiting for the workers' Slurm tasks to end, then 75" in runners.output(0)
+    waited = "waiting for the workers' Slurm tasks to end (no done files: a margin), then 75"
+    assert waited in runners.output(0)
     board = json.loads((runners.state_root / "node-0" / "coordination.json").read_text())
     assert board["decision"]["node"] == 2
+
+
+def test_under_skypilots_executor_the_head_releases_the_worker_and_srun_reads_75(
+    tmp_path: Path, leak_tag: str
+) -> None:
+    """proctrack/cgroup, whole: two SkyPilot executors (ranks 0 and 1 of one step) run
+    real runners as their ``run:``; rank 1 hangs. The head finds the step and the home
+    through its executor (SkyPilot unset them for ``run:``), the worker's executor waits
+    in SkyPilot's barrier until the head's done file, and srun cancels nobody."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / PROCTRACK_FILE).write_text("cgroup\n")
+    port = reserve_port()
+    ip = socket.gethostbyname(socket.gethostname())
+    tasks: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for rank in (0, 1):
+            hang = "--heartbeat-timeout 2" if rank == 1 else ""
+            script = (
+                # What a second host would give: SKYPILOT_NODE_IPS from two names.
+                f"export SKYPILOT_NODE_IPS=$'{ip}\\n{ip}' SKYPILOT_TASK_ID=sky-slurm-exit_0 "
+                f"SKYGUARD_COORD_SECRET=slurm-exit-secret PYTHONPATH={REPO}\n"
+                f"cd {REPO} && {PYTHON} -m devops.skypilot run --coord-port {port} "
+                f"--coord-timeout 2 --grace 5 --state-dir {tmp_path}/state/node-{rank} {hang} "
+                f"-- {' '.join(SLEEP)}\n"
+            )
+            tasks[rank] = _skypilot_task(
+                home, script, rank, leak_tag, output=tmp_path / f"task-{rank}.log"
+            )
+        srun = _Srun(tasks)
+        srun.start()
+        codes = {rank: task.wait(timeout=120) for rank, task in tasks.items()}
+        assert srun.done.wait(30)
+    finally:
+        for task in tasks.values():
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(task.pid).children(recursive=True):
+                    child.kill()
+            if task.poll() is None:
+                task.kill()
+            task.wait()
+        _reap_skypilots_daemons(leak_tag)
+    logs = {rank: (tmp_path / f"task-{rank}.log").read_text(errors="replace") for rank in tasks}
+    assert codes == {0: EXIT_RETRY, 1: 0}, logs
+    assert srun.cancelled == [], f"srun would have cancelled {srun.cancelled}: {logs}"
+    assert "to end (their done files), then 75" in logs[0], logs[0][-3000:]
+    done = home / ".sky_run_done_4242_7"
+    assert sorted(path.name for path in done.iterdir()) == ["0", "1"]
+    record = json.loads((tmp_path / "state" / "node-1" / "termination.json").read_text())
+    assert record["reason"] == "heartbeat_timeout"

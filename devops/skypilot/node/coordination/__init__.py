@@ -130,7 +130,11 @@ class CoordinationObserver(RunObserver):
                 code,
             )
         elif self.is_head:
-            logger.info("coordination: waiting for the workers' Slurm tasks to end, then %d", code)
+            logger.info(
+                "coordination: waiting for the workers' Slurm tasks to end (%s), then %d",
+                "their done files" if self.slurm.done_dir else "no done files: a margin",
+                code,
+            )
             wait_for_workers(self.slurm, self.coordinator.config.linger)
         return carried
 

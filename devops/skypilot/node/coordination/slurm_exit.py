@@ -19,7 +19,10 @@ How the head knows the workers are gone depends on how Slurm tracks processes:
     its done file (``<home>/.sky_run_done_<job>_<step>/<rank>``, made by rank 0 only
     when it succeeded, ``sky/skylet/executor/slurm.py``). The head makes the
     directory, waits for every worker's file, writes its own, which releases them,
-    and gives them :data:`RELEASE_MARGIN` to exit (they look every 0.5 s).
+    and gives them :data:`RELEASE_MARGIN` to exit (they look every 0.5 s). SkyPilot
+    unsets the step's variables for ``run:``, so the step and the shared home are read
+    where SkyPilot's executor reads them: its environment and its ``--cluster-home-dir``
+    (it is an ancestor of the runner); else from the task's cgroup and ``$HOME``.
 any other tracking
     A worker's task ends with its ``run:`` script, just after its runner (and
     SkyPilot's appended upload flush): the head waits :data:`WORKER_EXIT_MARGIN`.
@@ -36,6 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from devops.skypilot.common.termination import EXIT_SUCCESS
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,10 @@ WORKER_EXIT_MARGIN = 5.0
 #: A task's cgroup under proctrack/cgroup: ``.../job_<id>/step_<id>/...`` (v1 and v2).
 _STEP_CGROUP = re.compile(r"/job_(\d+)/step_(\d+)(?:/|$)", re.MULTILINE)
 _POLL = 0.1
+#: SkyPilot's Slurm executor: the task's main process, which srun starts and which runs
+#: ``run:`` (``python -m sky.skylet.executor.slurm ... --cluster-home-dir=DIR``).
+_EXECUTOR = "sky.skylet.executor.slurm"
+_HOME_FLAG = "--cluster-home-dir"
 
 
 @dataclass(frozen=True)
@@ -75,13 +84,18 @@ class SlurmStep:
         job-scoped: SkyPilot keeps it for the ``run:`` script, unlike the step's ids)."""
         if num_nodes < 2 or not env.get("SLURM_JOB_ID", "").strip():
             return None
+        executor = _executor_view()
         home = Path(env.get("HOME") or os.path.expanduser("~"))
+        if executor is not None and executor[0] is not None:
+            home = executor[0]
         try:
             proctrack = (home / PROCTRACK_FILE).read_text().strip()
         except OSError:
             proctrack = "cgroup"  # SkyPilot's executor assumes cgroup without the file
         if proctrack != "cgroup":
             return cls(rank, num_nodes, None)
+        if executor is not None and executor[1] is not None:
+            return cls(rank, num_nodes, home / f".sky_run_done_{executor[1]}")
         if cgroup_text is None:
             try:
                 cgroup_text = Path("/proc/self/cgroup").read_text()
@@ -97,6 +111,32 @@ class SlurmStep:
             return cls(rank, num_nodes, None)
         job, step = found.groups()
         return cls(rank, num_nodes, home / f".sky_run_done_{job}_{step}")
+
+
+def _executor_view() -> tuple[Path | None, str | None] | None:
+    """(shared home, ``<job>_<step>``) as SkyPilot's executor above this process sees
+    them; None without one (a runner started some other way, or in a test)."""
+    try:
+        for process in psutil.Process().parents():
+            argv = process.cmdline()
+            if _EXECUTOR not in argv:
+                continue
+            env = process.environ()
+            job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID")
+            return _flag(argv, _HOME_FLAG), f"{job}_{step}" if job and step else None
+    except psutil.Error:
+        pass
+    return None
+
+
+def _flag(argv: list[str], name: str) -> Path | None:
+    """The value of ``name=VALUE`` or ``name VALUE`` in ``argv``, as argparse reads it."""
+    for index, arg in enumerate(argv):
+        if arg.startswith(f"{name}="):
+            return Path(arg.split("=", 1)[1])
+        if arg == name and index + 1 < len(argv):
+            return Path(argv[index + 1])
+    return None
 
 
 def exit_code_on_slurm(code: int, *, is_head: bool, decided: bool) -> int:
