@@ -84,18 +84,18 @@ class SlurmStep:
         job-scoped: SkyPilot keeps it for the ``run:`` script, unlike the step's ids)."""
         if num_nodes < 2 or not env.get("SLURM_JOB_ID", "").strip():
             return None
-        executor = _executor_view()
+        executor = _ExecutorView.above()
         home = Path(env.get("HOME") or os.path.expanduser("~"))
-        if executor is not None and executor[0] is not None:
-            home = executor[0]
+        if executor is not None and executor.home is not None:
+            home = executor.home
         try:
             proctrack = (home / PROCTRACK_FILE).read_text().strip()
         except OSError:
             proctrack = "cgroup"  # SkyPilot's executor assumes cgroup without the file
         if proctrack != "cgroup":
             return cls(rank, num_nodes, None)
-        if executor is not None and executor[1] is not None:
-            return cls(rank, num_nodes, home / f".sky_run_done_{executor[1]}")
+        if executor is not None and executor.job_step is not None:
+            return cls(rank, num_nodes, home / f".sky_run_done_{executor.job_step}")
         if cgroup_text is None:
             try:
                 cgroup_text = Path("/proc/self/cgroup").read_text()
@@ -113,20 +113,29 @@ class SlurmStep:
         return cls(rank, num_nodes, home / f".sky_run_done_{job}_{step}")
 
 
-def _executor_view() -> tuple[Path | None, str | None] | None:
-    """(shared home, ``<job>_<step>``) as SkyPilot's executor above this process sees
-    them; None without one (a runner started some other way, or in a test)."""
-    try:
-        for process in psutil.Process().parents():
-            argv = process.cmdline()
-            if _EXECUTOR not in argv:
-                continue
-            env = process.environ()
-            job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID")
-            return _flag(argv, _HOME_FLAG), f"{job}_{step}" if job and step else None
-    except psutil.Error:
-        pass
-    return None
+@dataclass(frozen=True)
+class _ExecutorView:
+    """What SkyPilot's executor, an ancestor of the runner, knows of the step."""
+
+    #: Its ``--cluster-home-dir``: the shared home (in a container, not ``~``).
+    home: Path | None
+    #: ``<job>_<step>`` from srun's variables in its environment.
+    job_step: str | None
+
+    @classmethod
+    def above(cls) -> _ExecutorView | None:
+        """None without one (a runner started some other way, or in a test)."""
+        try:
+            for process in psutil.Process().parents():
+                argv = process.cmdline()
+                if _EXECUTOR not in argv:
+                    continue
+                env = process.environ()
+                job, step = env.get("SLURM_JOB_ID"), env.get("SLURM_STEP_ID")
+                return cls(_flag(argv, _HOME_FLAG), f"{job}_{step}" if job and step else None)
+        except psutil.Error:
+            pass
+        return None
 
 
 def _flag(argv: list[str], name: str) -> Path | None:
