@@ -38,10 +38,10 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
-def _cmd(process: psutil.Process) -> str:
-    """What a leaked process was, for the failure message (it may be gone already)."""
+def command_line(process: psutil.Process) -> str:
+    """What a process runs, for a message or a match (it may be gone already: "?")."""
     try:
-        return " ".join(process.cmdline())[:200]
+        return " ".join(process.cmdline())
     except psutil.Error:
         return "?"
 
@@ -51,7 +51,7 @@ def leak_tag() -> Iterator[str]:
     tag = uuid.uuid4().hex
     yield tag
     leaked = tagged_processes(tag)
-    described = [(process.pid, _cmd(process)) for process in leaked]
+    described = [(process.pid, command_line(process)[:200]) for process in leaked]
     for process in leaked:
         with contextlib.suppress(psutil.Error):
             process.kill()

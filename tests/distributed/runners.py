@@ -113,9 +113,14 @@ class RunnerCluster:
 
     def kill_all(self) -> None:
         for process in self.processes.values():
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    child.kill()
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``process`` and every descendant it still has, and reap it."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+    if process.poll() is None:
+        process.kill()
+    process.wait()

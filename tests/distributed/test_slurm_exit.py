@@ -34,8 +34,8 @@ from devops.skypilot.node.coordination.slurm_exit import (
     exit_code_on_slurm,
     wait_for_workers,
 )
-from tests.conftest import PYTHON, REPO, TAG_VAR, tagged_processes
-from tests.distributed.runners import SLEEP, RunnerCluster
+from tests.conftest import PYTHON, REPO, TAG_VAR, command_line, tagged_processes
+from tests.distributed.runners import SLEEP, RunnerCluster, kill_tree
 from tests.ports import reserve_port
 
 CGROUP_V2 = "0::/system.slice/slurmstepd.scope/job_4242/step_7/user/task_0\n"
@@ -161,20 +161,13 @@ def _reap_skypilots_daemons(tag: str) -> None:
     the script's tree once the executor is gone, then exits: wait for that, or kill it
     (anything else left behind is the leak fixture's to report)."""
     deadline = time.monotonic() + 30  # a guard against hanging
-    while daemons := [p for p in tagged_processes(tag) if "subprocess_daemon" in _argv(p)]:
+    while daemons := [p for p in tagged_processes(tag) if "subprocess_daemon" in command_line(p)]:
         if time.monotonic() > deadline:
             for daemon in daemons:
                 with contextlib.suppress(psutil.Error):
                     daemon.kill()
             return
         time.sleep(0.05)
-
-
-def _argv(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
 
 
 class _Srun(threading.Thread):
@@ -265,12 +258,7 @@ def test_under_skypilots_executor_the_head_releases_the_worker_and_srun_reads_75
         assert srun.done.wait(30)
     finally:
         for task in tasks.values():
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(task.pid).children(recursive=True):
-                    child.kill()
-            if task.poll() is None:
-                task.kill()
-            task.wait()
+            kill_tree(task)
         _reap_skypilots_daemons(leak_tag)
     logs = {rank: (tmp_path / f"task-{rank}.log").read_text(errors="replace") for rank in tasks}
     assert codes == {0: EXIT_RETRY, 1: 0}, logs
